@@ -1,0 +1,145 @@
+"""Recipes: every shipped file loads, extends/overrides layer in the documented order, and mistakes name
+the file, the dotted key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vlmtune_cli.errors import RecipeError
+from vlmtune_cli.recipe import dump_recipe, load_recipe, parse_value, recipe_diff
+from vlmtune_cli.schema import Recipe
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_loads_and_round_trips(path: Path, tmp_path: Path) -> None:
+    recipe = load_recipe(path, environ={})
+    again = load_recipe(write(tmp_path / "dumped.toml", dump_recipe(recipe)), environ={})
+    assert again == recipe
+    assert path.read_text().startswith("#"), "each shipped recipe opens with a comment showing its command"
+    assert "vlmtune " in path.read_text().splitlines()[1] + path.read_text().splitlines()[2]
+
+
+def test_variants_are_data_not_code() -> None:
+    v = {n: load_recipe(RECIPES / f"{n}.toml", environ={}) for n in ("v1", "v2", "v3", "v4")}
+    assert (v["v1"].tuning.loss_on, v["v2"].tuning.loss_on) == ("all", "assistant")
+    assert (v["v1"].tuning.vision, v["v1"].tuning.llm) == ("lora", "lora")
+    assert (v["v2"].tuning.vision, v["v2"].tuning.llm) == ("lora", "lora")
+    assert (v["v3"].tuning.vision, v["v3"].tuning.projector, v["v3"].tuning.llm) == ("full", "full", "frozen")
+    assert (v["v4"].tuning.vision, v["v4"].tuning.projector, v["v4"].tuning.llm) == ("frozen", "frozen", "lora")
+    # The user's defaults from seed 001 arrive through `extends`.
+    for recipe in v.values():
+        t = recipe.training
+        assert (t.lr, t.lr_scheduler, t.warmup_steps, t.grad_accum, t.save_total_limit, t.seed) == (
+            2e-5, "cosine", 100, 8, 3, 42)
+        assert recipe.data.max_length == 2048
+    assert len({r.variant for r in v.values()}) == 4
+
+
+def test_extends_deep_merges_relative_to_the_child(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "parent.toml", 'variant = "p"\n[training]\nlr = 1e-4\nepochs = 5\n[lora]\nr = 4\n')
+    child = write(tmp_path / "sub" / "child.toml", 'extends = "../parent.toml"\n[training]\nepochs = 2\n')
+    recipe = load_recipe(child, environ={})
+    assert (recipe.variant, recipe.training.lr, recipe.training.epochs, recipe.lora.r) == ("p", 1e-4, 2, 4)
+
+
+def test_extends_cycle_and_missing_parent_are_errors(tmp_path: Path) -> None:
+    write(tmp_path / "a.toml", 'extends = "b.toml"\n')
+    write(tmp_path / "b.toml", 'extends = "a.toml"\n')
+    with pytest.raises(RecipeError, match="cycle"):
+        load_recipe(tmp_path / "a.toml", environ={})
+    write(tmp_path / "c.toml", 'extends = "nope.toml"\n')
+    with pytest.raises(RecipeError, match=r"nope\.toml: recipe file not found \(named by `extends` in"):
+        load_recipe(tmp_path / "c.toml", environ={})
+
+
+def test_precedence_parent_child_env_set(tmp_path: Path) -> None:
+    write(tmp_path / "parent.toml", "[training]\nlr = 1.0\nepochs = 1\nseed = 1\nbatch_size = 1\n")
+    child = write(tmp_path / "child.toml", 'extends = "parent.toml"\n[training]\nepochs = 2\nseed = 2\nbatch_size = 2\n')
+    env = {"VLMTUNE_TRAINING__SEED": "3", "VLMTUNE_TRAINING__BATCH_SIZE": "3", "VLMTUNE_RUNS_DIR": "ignored"}
+    recipe = load_recipe(child, ["training.batch_size=4"], environ=env)
+    t = recipe.training
+    assert (t.lr, t.epochs, t.seed, t.batch_size) == (1.0, 2, 3, 4)
+
+
+def test_set_values_are_toml_with_bare_strings(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.toml", "")
+    recipe = load_recipe(path, [
+        "training.lr=5e-5", "model.name=Qwen/Qwen2-VL-7B-Instruct", 'training.report_to=["none"]',
+        "training.gradient_checkpointing=true", "data.max_samples=100", "data.options.image_size=96",
+    ], environ={})
+    assert recipe.training.lr == 5e-5
+    assert recipe.model.name == "Qwen/Qwen2-VL-7B-Instruct"
+    assert recipe.training.report_to == ["none"]
+    assert recipe.training.gradient_checkpointing is True
+    assert recipe.data.max_samples == 100 and recipe.data.options == {"image_size": 96}
+    assert parse_value("2") == 2 and parse_value("abc def") == "abc def"
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "expected"),
+    [
+        ("[training]\nlrr = 1\n", [], "bad.toml: training.lrr: unknown key; did you mean training.lr?"),
+        ("[lora]\nrank = 8\n", [], "bad.toml: lora.rank: unknown key"),
+        ("[trainig]\nlr = 1\n", [], "bad.toml: trainig: unknown key; did you mean training?"),
+        ("lr = 1\n", [], "bad.toml: lr: unknown key; did you mean training.lr?"),
+        ("", ["training.epochs=zero"], "--set training.epochs=zero: training.epochs: Input should be a valid integer"),
+        ('[tuning]\nvision = "half"\n', [], "tuning.vision: Input should be 'frozen', 'lora' or 'full'"),
+        ('[tuning]\nvision = "frozen"\nprojector = "frozen"\nllm = "frozen"\n', [], "nothing would train"),
+        ('[model]\nname = "builtin:tiny-gpt"\n', [], "unknown built-in model 'builtin:tiny-gpt'"),
+        ('variant = "a/b"\n', [], "cannot name a run directory"),
+        ('[slurm]\ntime = "4 hours"\n', [], "is not a SLURM time limit"),
+        ("[training\n", [], "bad.toml: not valid TOML"),
+        ("", ["training.lr"], "--set training.lr: expected KEY=VALUE"),
+        ("[training]\nlr = 1.0\n", ["training.lr.x=1"], "training.lr is a value, not a table"),
+    ],
+)
+def test_bad_recipes_name_file_key_and_fix(tmp_path: Path, text: str, overrides: list[str], expected: str) -> None:
+    path = write(tmp_path / "bad.toml", text)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path, overrides, environ={})
+    assert expected in caught.value.message
+    assert caught.value.exit_code == 2
+
+
+def test_error_names_the_parent_file_that_holds_the_typo(tmp_path: Path) -> None:
+    write(tmp_path / "parent.toml", "[training]\nwarmup = 3\n")
+    child = write(tmp_path / "child.toml", 'extends = "parent.toml"\n')
+    with pytest.raises(RecipeError, match=r"parent\.toml: training\.warmup: unknown key; did you mean training\.warmup_steps\?"):
+        load_recipe(child, environ={})
+
+
+def test_bad_environment_variable_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.toml", "")
+    with pytest.raises(RecipeError, match="VLMTUNE_TRAINING__LRR: training.lrr: unknown key"):
+        load_recipe(path, environ={"VLMTUNE_TRAINING__LRR": "1"})
+
+
+def test_every_field_is_documented() -> None:
+    def walk(model: type, prefix: str = ""):
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+                yield from walk(annotation, f"{prefix}{name}.")
+            else:
+                yield f"{prefix}{name}", field.description
+
+    undocumented = [key for key, doc in walk(Recipe) if not doc]
+    assert undocumented == []
+
+
+def test_recipe_diff_lists_changed_keys() -> None:
+    v2 = load_recipe(RECIPES / "v2.toml", environ={})
+    v4 = load_recipe(RECIPES / "v4.toml", environ={})
+    diff = recipe_diff(v2, v4)
+    assert set(diff) == {"variant", "description", "tuning.vision", "tuning.projector"}
+    assert diff["tuning.vision"] == ("lora", "frozen")

@@ -1,0 +1,3 @@
+from vlmtune_cli.cli import main
+
+main()

@@ -1,0 +1,65 @@
+"""The `vlmtune` command line: builds the Typer app, registers the commands, maps our errors to exits.
+
+Nothing here, nor in `commands/`, imports torch at module level: `vlmtune --help` stays fast.
+Set VLMTUNE_DEBUG=1 to see the traceback behind an error message.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from vlmtune_cli import __version__
+from vlmtune_cli.commands import train
+from vlmtune_cli.console import err_console
+from vlmtune_cli.errors import VlmtuneError
+
+
+class _FriendlyErrors(TyperGroup):
+    """Turns our own exceptions into a message and an exit code, wherever the command runs."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VlmtuneError as exc:
+            if os.environ.get("VLMTUNE_DEBUG"):
+                raise
+            err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            if exc.hint:
+                err_console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+
+
+app = typer.Typer(
+    cls=_FriendlyErrors,
+    name="vlmtune",
+    help="Fine-tune vision-language models from TOML recipes, here or as SLURM job chains.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"vlmtune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Fine-tune vision-language models from TOML recipes, here or as SLURM job chains."""
+
+
+app.command("train")(train.train)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,242 @@
+"""The recipe schema: every table and key a recipe may hold, with the docstring that documents it.
+
+Every model derives from `StrictModel`, because `extra="forbid"` on a root model does not reach nested
+ones: without it a typo inside `[lora]` would pass silently. Keys passed through to TRL/PEFT keep their
+upstream names where a user would look them up there (`lora.r`, `lora.target_modules`, `training.extra`).
+
+This module imports nothing heavy: recipe validation and `--help` must never load torch.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# The tiny, randomly initialised models vlmtune builds itself (no download). Listed here so a recipe
+# naming an unknown one fails at validation, before anything heavy is imported.
+BUILTIN_MODELS = ("builtin:tiny-qwen2-vl",)
+BUILTIN_DATASETS = ("builtin:synthetic-detection", "builtin:synthetic-vqa")
+
+ComponentMode = Literal["frozen", "lora", "full"]
+
+_VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SLURM_TIME_RE = re.compile(r"^(\d+-)?\d{1,2}:\d{2}(:\d{2})?$|^\d+$")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelSection(StrictModel):
+    name: str = "Qwen/Qwen2-VL-2B-Instruct"
+    """Hub id, local checkpoint directory, or a built-in tiny model such as `builtin:tiny-qwen2-vl`."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to load; ignored for local paths."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype at load time. `auto`: bfloat16 on a GPU that supports it, float32 otherwise."""
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+    """Attention kernel passed to `from_pretrained`; unset lets transformers choose (sdpa where available)."""
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    """Load the base model quantised with bitsandbytes (QLoRA). Needs a CUDA GPU and bitsandbytes."""
+    trust_remote_code: bool = False
+    """Run model code shipped with a hub checkpoint. Off unless you trust the repository."""
+
+    @field_validator("name")
+    @classmethod
+    def _known_builtin(cls, name: str) -> str:
+        if name.startswith("builtin:") and name not in BUILTIN_MODELS:
+            raise ValueError(f"unknown built-in model {name!r}; built-in models: {', '.join(BUILTIN_MODELS)}")
+        return name
+
+
+class DataSection(StrictModel):
+    source: str = "builtin:synthetic-detection"
+    """Where conversations come from: a built-in set (`builtin:synthetic-detection`, `builtin:synthetic-vqa`),
+    a `.jsonl` file, a folder `datasets` can load, a hub dataset id, or `path/to/file.py:function`."""
+    num_samples: int = Field(200, ge=1)
+    """Size of a built-in synthetic dataset (ignored by other sources)."""
+    max_samples: int | None = Field(None, ge=1)
+    """Keep at most this many samples of the source (taken after a seeded shuffle) before splitting."""
+    split_ratio: float = Field(0.8, gt=0.0, le=1.0)
+    """Fraction of samples in the train split when the source has no splits of its own; the rest is test."""
+    seed: int = 42
+    """Seed of the shuffle behind `max_samples` and `split_ratio`, and of synthetic data."""
+    train_split: str = "train"
+    """Split name used for training."""
+    test_split: str = "test"
+    """Split name used for evaluation and the benchmark."""
+    max_length: int = Field(2048, ge=16)
+    """Longest tokenised sample in tokens, image tokens included. Samples are never cut inside an image."""
+    overlength: Literal["drop", "error"] = "drop"
+    """What to do with a sample longer than `max_length`: drop it (counted and listed) or stop with an error."""
+    min_pixels: int | None = Field(None, ge=1)
+    """Smallest image area the processor resizes to (Qwen-VL); fewer pixels means fewer visual tokens."""
+    max_pixels: int | None = Field(None, ge=1)
+    """Largest image area the processor resizes to (Qwen-VL). Qwen2-VL's default allows 16,384 visual tokens
+    per image: set this to bound memory (e.g. 448*448 gives at most 256 visual tokens)."""
+    options: dict[str, Any] = {}
+    """Free-form settings handed to built-in and plugin sources (the `dataset_config` of a plugin)."""
+
+    @model_validator(mode="after")
+    def _pixels_ordered(self) -> DataSection:
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels ({self.min_pixels}) is larger than max_pixels ({self.max_pixels})")
+        return self
+
+
+class TuningSection(StrictModel):
+    loss_on: Literal["all", "assistant"] = "assistant"
+    """Tokens that carry the loss: `all` = every token except image and padding tokens; `assistant` = only
+    the assistant turns, including their end-of-turn token."""
+    vision: ComponentMode = "frozen"
+    """Vision encoder: `frozen`, `lora` (adapters on its linear layers) or `full` (every weight trains)."""
+    projector: ComponentMode = "frozen"
+    """Vision-to-language projector (Qwen2-VL's merger): `frozen`, `lora` or `full`."""
+    llm: ComponentMode = "lora"
+    """Language model (incl. its embeddings and head when `full`): `frozen`, `lora` or `full`."""
+
+    @model_validator(mode="after")
+    def _something_trains(self) -> TuningSection:
+        if self.vision == self.projector == self.llm == "frozen":
+            raise ValueError("vision, projector and llm are all 'frozen': nothing would train")
+        return self
+
+
+class LoraSection(StrictModel):
+    r: int = Field(16, ge=1)
+    """LoRA rank. Higher: more capacity, more memory."""
+    alpha: int = Field(32, ge=1)
+    """LoRA scaling numerator (`lora_alpha` in PEFT); the update is scaled by alpha / r."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the LoRA branch (`lora_dropout` in PEFT)."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names that get adapters, restricted to the components set to `lora` in `[tuning]`.
+    `all-linear`: every linear layer of those components."""
+
+
+class TrainingSection(StrictModel):
+    epochs: int = Field(3, ge=1)
+    """Epochs of the whole run. A chain plans `chain.total_jobs * chain.epochs_per_job` epochs instead."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps (overrides `epochs`); handy for quick checks."""
+    lr: float = Field(2e-5, gt=0.0)
+    """Peak learning rate."""
+    lr_scheduler: str = "cosine"
+    """Learning-rate schedule (`lr_scheduler_type` in transformers): cosine, linear, constant, ..."""
+    warmup_steps: int = Field(100, ge=0)
+    """Linear warm-up steps before the schedule starts."""
+    batch_size: int = Field(1, ge=1)
+    """Samples per device per forward pass."""
+    eval_batch_size: int = Field(1, ge=1)
+    """Samples per device per evaluation pass."""
+    grad_accum: int = Field(8, ge=1)
+    """Gradient accumulation steps: effective batch = batch_size * grad_accum * devices."""
+    weight_decay: float = Field(0.01, ge=0.0)
+    """AdamW weight decay."""
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    """Gradient clipping norm."""
+    optim: str = "adamw_torch"
+    """Optimizer name as transformers spells it."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Mixed precision. `auto`: bf16 on a GPU that supports it, fp32 on CPU."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory by recomputing activations in the backward pass."""
+    save_steps: int = Field(300, ge=1)
+    """Save a checkpoint every this many optimizer steps (and always at the end)."""
+    save_total_limit: int | None = Field(3, ge=1)
+    """Keep at most this many checkpoints; older ones are deleted."""
+    eval_steps: int | None = Field(50, ge=1)
+    """Evaluate on the test split every this many steps; unset disables evaluation during training."""
+    logging_steps: int = Field(10, ge=1)
+    """Log loss and learning rate every this many steps."""
+    seed: int = 42
+    """Seed of model initialisation of adapters, data order and dropout."""
+    report_to: list[Literal["tensorboard", "wandb", "none"]] = ["tensorboard"]
+    """Where metrics go. TensorBoard logs land in the run directory under `logs/`."""
+    dataloader_num_workers: int = Field(0, ge=0)
+    """Worker processes that prepare batches."""
+    extra: dict[str, Any] = {}
+    """Further `SFTConfig`/`TrainingArguments` keys passed through unchanged (upstream names)."""
+
+
+class ChainSection(StrictModel):
+    total_jobs: int = Field(1, ge=1)
+    """Number of SLURM jobs in a chain (`vlmtune submit --chain` overrides it)."""
+    epochs_per_job: int = Field(1, ge=1)
+    """Epochs each job of a chain trains before the next one takes over."""
+
+
+class SlurmSection(StrictModel):
+    partition: str | None = None
+    """SLURM partition; unset uses the workspace default, then the cluster's."""
+    account: str | None = None
+    """SLURM account to charge."""
+    qos: str | None = None
+    """SLURM quality of service."""
+    time: str = "04:00:00"
+    """Time limit of one job, `[D-]HH:MM:SS`. A job reaching it checkpoints and requeues itself."""
+    nodes: int = Field(1, ge=1)
+    """Nodes per job."""
+    gpus_per_node: int = Field(0, ge=0)
+    """GPUs per node; one SLURM task runs per GPU."""
+    cpus_per_task: int | None = Field(None, ge=1)
+    """CPU cores per task (data loading workers live here)."""
+    mem: str | None = None
+    """Memory per node, e.g. `64G`."""
+    constraint: str | None = None
+    """Node feature constraint."""
+    extra: dict[str, str | int | bool] = {}
+    """Further sbatch parameters, passed to submitit's `slurm_additional_parameters`."""
+
+    @field_validator("time")
+    @classmethod
+    def _time_format(cls, value: str) -> str:
+        if not _SLURM_TIME_RE.match(value):
+            raise ValueError(f"{value!r} is not a SLURM time limit; write HH:MM:SS or D-HH:MM:SS")
+        return value
+
+
+class BenchmarkSection(StrictModel):
+    task: Literal["detection", "vqa"] = "detection"
+    """Which metrics apply: boxes (IoU, precision/recall/F1, mAP) or short text answers (exact match)."""
+    split: str = "test"
+    """Split to evaluate."""
+    batch_size: int = Field(8, ge=1)
+    """Samples per generation batch."""
+    max_new_tokens: int = Field(128, ge=1)
+    """Longest generated answer."""
+    limit: int | None = Field(None, ge=1)
+    """Evaluate at most this many samples."""
+
+
+class Recipe(StrictModel):
+    variant: str = "base"
+    """Name of the run: outputs go to `<runs_dir>/<variant>/`."""
+    description: str = ""
+    """One line that says what this recipe is for."""
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    tuning: TuningSection = TuningSection()
+    lora: LoraSection = LoraSection()
+    training: TrainingSection = TrainingSection()
+    chain: ChainSection = ChainSection()
+    slurm: SlurmSection = SlurmSection()
+    benchmark: BenchmarkSection = BenchmarkSection()
+
+    @field_validator("variant")
+    @classmethod
+    def _safe_directory_name(cls, value: str) -> str:
+        if not _VARIANT_RE.match(value):
+            raise ValueError(
+                f"{value!r} cannot name a run directory; use letters, digits, '.', '_' and '-' only"
+            )
+        return value
+
+    @property
+    def uses_lora(self) -> bool:
+        return "lora" in (self.tuning.vision, self.tuning.projector, self.tuning.llm)
+
+
+TABLES = tuple(name for name, field in Recipe.model_fields.items() if isinstance(field.default, BaseModel))
