@@ -1,0 +1,40 @@
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s smoke`, `nox -s bench`.
+
+Each session installs the CPU build of torch first so the open `torch` range of the package installs nothing
+more (an unpinned torch pulls a multi-GB CUDA build). Set VLMTUNE_TORCH to pick another torch requirement.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+TORCH = os.environ.get("VLMTUNE_TORCH", "torch==2.13.0")
+
+
+def _install(session: nox.Session) -> None:
+    session.install(TORCH)
+    session.install("-e", ".[test]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite; `slurm` tests run when a cluster is up (bash scripts/local-slurm.sh start)."""
+    _install(session)
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the package, the tests and the benchmarks."""
+    session.install("ruff")
+    session.run("ruff", "check", "vlmtune_cli", "tests", "noxfile.py")
+
+
+@nox.session
+def smoke(session: nox.Session) -> None:
+    """Train the smoke recipe on the built-in tiny model."""
+    _install(session)
+    session.run("vlmtune", "train", "recipes/smoke.toml", "--overwrite")

@@ -1,0 +1,130 @@
+"""Labels, token by token, on conversations written here, through the tiny model's real processor."""
+
+from __future__ import annotations
+
+
+import pytest
+from PIL import Image
+
+from vlmtune_cli.labels import IGNORE_INDEX, LabelSpec, VisionCollator, build_labels, encode_sample
+from vlmtune_cli.schema import DataSection, ModelSection
+
+SYSTEM = {"role": "system", "content": [{"type": "text", "text": "You find tables."}]}
+
+
+def user(text: str, images: int = 1) -> dict:
+    return {"role": "user", "content": [{"type": "image"}] * images + [{"type": "text", "text": text}]}
+
+
+def assistant(text: str) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def image(color: str = "white", size: int = 224) -> Image.Image:
+    return Image.new("RGB", (size, size), color)
+
+
+@pytest.fixture(scope="module")
+def processor_and_spec(tmp_path_factory: pytest.TempPathFactory):
+    from vlmtune_cli import models
+
+    cache = tmp_path_factory.mktemp("labels-cache")
+    section = ModelSection(name="builtin:tiny-qwen2-vl")
+    processor = models.load_processor(section, DataSection(min_pixels=224 * 224, max_pixels=224 * 224), cache)
+    family = models.load_family(section, cache)
+    return processor, LabelSpec.for_family(processor.tokenizer, family)
+
+
+CONVERSATIONS = {
+    "multi-turn": (
+        [SYSTEM, user("Detect the nutrition table."), assistant("(10,20),(30,40)"),
+         {"role": "user", "content": [{"type": "text", "text": "And the energy row?"}]}, assistant("(12,22),(28,30)")],
+        1,
+    ),
+    "answer says assistant": (
+        [user("Who are you?"), assistant("I am the assistant of the user; assistant is my name.")],
+        1,
+    ),
+    "two images": ([user("Which image has the table?", images=2), assistant("the second")], 2),
+}
+
+
+def _answers(messages: list[dict]) -> list[str]:
+    return [m["content"][0]["text"] for m in messages if m["role"] == "assistant"]
+
+
+@pytest.mark.parametrize("name", list(CONVERSATIONS))
+def test_assistant_only_labels_are_exactly_the_answers_and_their_end_tokens(processor_and_spec, name: str) -> None:
+    processor, spec = processor_and_spec
+    messages, n_images = CONVERSATIONS[name]
+    item = encode_sample(processor, spec, {"messages": messages, "images": [image()] * n_images}, "assistant", 4096)
+    ids, labels = item["input_ids"].tolist(), item["labels"]
+    tokenizer = processor.tokenizer
+    expected: list[int] = []
+    for answer in _answers(messages):
+        expected += tokenizer.encode(answer, add_special_tokens=False) + [spec.end_id]
+    assert [t for t in labels if t != IGNORE_INDEX] == expected
+    # Each trained run starts right after an assistant header and ends on the end-of-turn token.
+    runs = _runs(labels)
+    assert len(runs) == len(_answers(messages))
+    for start, end in runs:
+        assert tuple(ids[start - len(spec.header_ids) : start]) == spec.header_ids
+        assert ids[end - 1] == spec.end_id
+        assert labels[start:end] == ids[start:end]
+    # Image tokens never train.
+    assert all(labels[i] == IGNORE_INDEX for i, t in enumerate(ids) if t in spec.image_ids)
+    assert sum(t == tokenizer.convert_tokens_to_ids("<|image_pad|>") for t in ids) == 64 * n_images
+
+
+@pytest.mark.parametrize("name", list(CONVERSATIONS))
+def test_all_tokens_labels_mask_image_tokens_only(processor_and_spec, name: str) -> None:
+    processor, spec = processor_and_spec
+    messages, n_images = CONVERSATIONS[name]
+    item = encode_sample(processor, spec, {"messages": messages, "images": [image()] * n_images}, "all", 4096)
+    ids, labels = item["input_ids"].tolist(), item["labels"]
+    for token, label in zip(ids, labels, strict=True):
+        assert label == (IGNORE_INDEX if token in spec.image_ids else token)
+    assert sum(1 for t in ids if t in spec.image_ids) == (64 + 2) * n_images  # pads + vision start/end
+
+
+def test_collator_pads_a_batch_of_three(processor_and_spec) -> None:
+    import torch
+
+    processor, spec = processor_and_spec
+    samples = [
+        {"messages": [user("Detect the table."), assistant("(1,2),(3,4)")], "images": [image("red")]},
+        {"messages": [user("Detect the nutrition table please, quickly."), assistant("(100,200),(300,400)")],
+         "images": [image("blue")]},
+        {"messages": CONVERSATIONS["two images"][0], "images": [image(), image("green")]},
+    ]
+    encoded = [encode_sample(processor, spec, s, "assistant", 4096) for s in samples]
+    batch = VisionCollator(pad_id=spec.pad_id)(encoded)
+    lengths = [len(e["input_ids"]) for e in encoded]
+    assert batch["input_ids"].shape == (3, max(lengths))
+    for row, (item, n) in enumerate(zip(encoded, lengths, strict=True)):
+        assert batch["input_ids"][row, :n].tolist() == item["input_ids"].tolist()
+        assert batch["labels"][row, :n].tolist() == item["labels"]
+        assert (batch["input_ids"][row, n:] == spec.pad_id).all()
+        assert (batch["labels"][row, n:] == IGNORE_INDEX).all()
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (max(lengths) - n)
+    assert batch["image_grid_thw"].shape == (4, 3)
+    assert batch["pixel_values"].shape[0] == int(torch.prod(batch["image_grid_thw"], dim=1).sum())
+
+
+def test_build_labels_on_plain_ids() -> None:
+    spec = LabelSpec(image_ids=frozenset({9}), header_ids=(1, 2), end_id=3, pad_id=0)
+    ids = [5, 9, 9, 6, 1, 2, 7, 8, 3, 4, 1, 5, 2, 1, 2, 7]
+    assert build_labels(ids, "all", spec) == [5, -100, -100, 6, 1, 2, 7, 8, 3, 4, 1, 5, 2, 1, 2, 7]
+    # A header cut short (1 5) is not a header; an unterminated last turn trains to the end.
+    assert build_labels(ids, "assistant", spec) == [-100] * 6 + [7, 8, 3] + [-100] * 6 + [7]
+
+
+def _runs(labels: list[int]) -> list[tuple[int, int]]:
+    runs, start = [], None
+    for i, label in enumerate([*labels, IGNORE_INDEX]):
+        if label != IGNORE_INDEX and start is None:
+            start = i
+        elif label == IGNORE_INDEX and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs

@@ -1,0 +1,265 @@
+"""Bounding boxes as each model family writes them, and back.
+
+Every box outside this module is `(x1, y1, x2, y2)` in pixels of the ORIGINAL image (x to the right,
+y down, `x1 <= x2`, `y1 <= y2`). The text form depends on the family, and the training targets and the
+benchmark's parser must use the same one (`families.py` says which family uses which):
+
+- `qwen2-vl-grid` (Qwen2-VL, Qwen3-VL):
+  `<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>`, integers on a
+  0-1000 grid relative to the image side; several boxes are concatenated. Without the markers (decoded with
+  `skip_special_tokens=True`) `label(x1,y1),(x2,y2)` is read too.
+- `qwen2.5-vl-json` (Qwen2.5-VL): `[{"bbox_2d": [x1, y1, x2, y2], "label": "..."}]` in integer pixels of the
+  image *as the processor resized it* (`resized_size`), optionally inside a ```json fence.
+- `plain`: `[x1, y1, x2, y2]` in integer pixels of the original image, one list per line. It carries no
+  labels: parsing returns `""` for each.
+
+Rounding. Text coordinates are integers, so a round trip is exact only for boxes on the text's lattice and
+otherwise within half a step: grid `side / 2000` px, plain 0.5 px, JSON `0.5 * side / resized_side` px.
+Integer pixel boxes in an image whose sides divide 1000 (200, 250, 500, 1000) survive both the grid and
+`plain` exactly; the synthetic data is built that way.
+
+Parsing never raises on model output. Text around the boxes is ignored; anything wrong with a box
+(truncated, non-numeric, outside the image, zero area) makes `ok` False with a `reason`, while `boxes`
+still holds every box that did parse, so a caller can be strict (count a failure) or lenient. Reversed
+corners (x2 < x1) are swapped rather than rejected: the region is unambiguous and models do emit them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+
+from vlmtune_cli.errors import UsageError
+
+Box = tuple[float, float, float, float]
+Size = tuple[int, int]  # (width, height)
+
+FORMATS = ("qwen2-vl-grid", "qwen2.5-vl-json", "plain")
+GRID = 1000
+
+_NUM = r"[-+]?\d+(?:\.\d+)?"
+_PAIR = rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)"
+_GRID_BOX = re.compile(rf"^\s*{_PAIR}\s*,\s*{_PAIR}\s*$")
+_GRID_TOKENS = re.compile(
+    r"<\|object_ref_start\|>(?P<ref>.*?)<\|object_ref_end\|>|<\|box_start\|>(?P<box>.*?)<\|box_end\|>", re.S
+)
+# Decoding with skip_special_tokens=True strips the markers and leaves `label(x1,y1),(x2,y2)`.
+_BARE_GRID = re.compile(rf"([^()\n]*?){_PAIR}\s*,\s*{_PAIR}")
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)(?:```|$)", re.S)
+_BRACKETS = re.compile(r"\[([^\[\]]*)\]")
+
+
+@dataclass
+class ParseResult:
+    """Boxes in original-image pixels and their labels; `ok` False (with `reason`) if any part was wrong."""
+
+    boxes: list[Box] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    ok: bool = True
+    reason: str | None = None
+
+    def _fail(self, reason: str) -> ParseResult:
+        if self.ok:  # the first problem is the one worth reporting
+            self.ok, self.reason = False, reason
+        return self
+
+
+def smart_resize(width: int, height: int, factor: int = 28, min_pixels: int = 56 * 56,
+                 max_pixels: int = 28 * 28 * 1280) -> Size:
+    """The (width, height) Qwen-VL processors resize an image to; mirrors transformers' `smart_resize`."""
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return w_bar, h_bar
+
+
+def processor_resized_size(processor, image_size: Size, min_pixels: int | None = None,
+                           max_pixels: int | None = None) -> Size:
+    """The (width, height) a Qwen-VL processor resizes `image_size` to; `image_size` if there is no processor.
+
+    `min_pixels`/`max_pixels` (the recipe's `[data]` keys) win over the processor's own limits.
+    """
+    if processor is None:
+        return image_size
+    ip = getattr(processor, "image_processor", processor)
+    size = getattr(ip, "size", None) or {}
+    lookup = size.get if isinstance(size, dict) else lambda key: getattr(size, key, None)
+    min_pixels = min_pixels or lookup("shortest_edge") or getattr(ip, "min_pixels", None) or 56 * 56
+    max_pixels = max_pixels or lookup("longest_edge") or getattr(ip, "max_pixels", None) or 28 * 28 * 1280
+    factor = (getattr(ip, "patch_size", None) or 14) * (getattr(ip, "merge_size", None) or 2)
+    return smart_resize(image_size[0], image_size[1], factor, min_pixels, max_pixels)
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown box format {fmt!r}; box formats: {', '.join(FORMATS)}")
+
+
+def _scales(fmt: str, image_size: Size, resized_size: Size | None) -> Size:
+    """Text units per image side: what an x or y equal to the full width or height is written as."""
+    if fmt == "qwen2-vl-grid":
+        return GRID, GRID
+    if fmt == "qwen2.5-vl-json":
+        return resized_size or image_size
+    return image_size
+
+
+def format_boxes(fmt: str, boxes: list[Box], labels: list[str], image_size: Size,
+                 resized_size: Size | None = None) -> str:
+    """Write boxes (original pixels) as the text a model of the family is trained to produce.
+
+    `resized_size` is the processor's (width, height) for `qwen2.5-vl-json`; without it the image is taken as
+    not resized. Boxes outside the image or of zero area are an error in the ground truth (UsageError).
+    """
+    _check_format(fmt)
+    if len(boxes) != len(labels):
+        raise UsageError(f"{len(boxes)} boxes but {len(labels)} labels")
+    width, height = image_size
+    sx, sy = _scales(fmt, image_size, resized_size)
+    written = []
+    for i, box in enumerate(boxes):
+        x1, x2 = sorted((box[0], box[2]))
+        y1, y2 = sorted((box[1], box[3]))
+        if x1 < 0 or y1 < 0 or x2 > width or y2 > height or x1 == x2 or y1 == y2:
+            raise UsageError(f"box #{i} {tuple(box)} is empty or outside the {width}x{height} image")
+        # Multiply before dividing so integer inputs on the lattice stay exact in floating point.
+        written.append((round(x1 * sx / width), round(y1 * sy / height),
+                        round(x2 * sx / width), round(y2 * sy / height)))
+    if fmt == "qwen2-vl-grid":
+        return "".join(
+            f"<|object_ref_start|>{label}<|object_ref_end|><|box_start|>({a},{b}),({c},{d})<|box_end|>"
+            for label, (a, b, c, d) in zip(labels, written, strict=True)
+        )
+    if fmt == "qwen2.5-vl-json":
+        items = [{"bbox_2d": list(w), "label": label} for w, label in zip(written, labels, strict=True)]
+        return json.dumps(items)
+    return "\n".join(f"[{a}, {b}, {c}, {d}]" for a, b, c, d in written) if written else "[]"
+
+
+def _add(result: ParseResult, values: list, label: str, fmt: str, image_size: Size, scales: Size) -> None:
+    """Validate one box in text units, map it to original pixels and append it, or record why not."""
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        result._fail(f"non-numeric coordinates {values!r}")
+        return
+    if len(numbers) != 4 or not all(math.isfinite(v) for v in numbers):
+        result._fail(f"a box needs 4 finite numbers, got {values!r}")
+        return
+    sx, sy = scales
+    x1, x2 = sorted((numbers[0], numbers[2]))
+    y1, y2 = sorted((numbers[1], numbers[3]))
+    if x1 < 0 or y1 < 0 or x2 > sx or y2 > sy:
+        unit = "grid 0-1000" if fmt == "qwen2-vl-grid" else f"image {sx}x{sy}"
+        result._fail(f"box {values!r} lies outside the {unit}")
+        return
+    if x1 == x2 or y1 == y2:
+        result._fail(f"box {values!r} has zero area")
+        return
+    width, height = image_size
+    result.boxes.append((x1 * width / sx, y1 * height / sy, x2 * width / sx, y2 * height / sy))
+    result.labels.append(label)
+
+
+def _parse_grid(text: str, result: ParseResult, image_size: Size) -> None:
+    scales = (GRID, GRID)
+    matches = list(_GRID_TOKENS.finditer(text))
+    if not matches:
+        bare = list(_BARE_GRID.finditer(text))
+        for m in bare:
+            _add(result, list(m.group(2, 3, 4, 5)), m.group(1).strip(), "qwen2-vl-grid", image_size, scales)
+        if not bare:
+            truncated = "<|box_start|>" in text or "<|object_ref_start|>" in text
+            result._fail("output ends inside a box (truncated?)" if truncated else "no box found")
+        return
+    label, pending_ref = "", False
+    for m in matches:
+        if m.group("ref") is not None:
+            if pending_ref:
+                result._fail(f"object reference {label!r} has no box")
+            label, pending_ref = m.group("ref").strip(), True
+            continue
+        pending_ref = False
+        coords = _GRID_BOX.match(m.group("box"))
+        if coords is None:
+            result._fail(f"malformed box {m.group('box')!r}; expected (x1,y1),(x2,y2)")
+            continue
+        _add(result, list(coords.groups()), label, "qwen2-vl-grid", image_size, scales)
+    tail = text[matches[-1].end():]
+    if pending_ref or any(tok in tail for tok in ("<|box_start|>", "<|object_ref_start|>")):
+        result._fail("output ends inside a box (truncated?)")
+
+
+def _json_items(text: str, result: ParseResult) -> list:
+    fenced = _FENCE.search(text)
+    body = (fenced.group(1) if fenced else text).strip()
+    try:
+        value = json.loads(body)
+    except ValueError:
+        start, end = body.find("["), body.rfind("]")
+        try:
+            value = json.loads(body[start:end + 1]) if 0 <= start < end else None
+        except ValueError:
+            value = None
+        if value is None:
+            result._fail("not valid JSON (truncated?)")
+            # Salvage the complete objects of a truncated list.
+            return [obj for obj in (_loads(m.group(0)) for m in re.finditer(r"\{[^{}]*\}", body)) if obj]
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        result._fail(f"expected a JSON list of objects, got {type(value).__name__}")
+        return []
+    return value
+
+
+def _loads(text: str) -> dict | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _parse_json(text: str, result: ParseResult, image_size: Size, resized_size: Size | None) -> None:
+    scales = _scales("qwen2.5-vl-json", image_size, resized_size)
+    for item in _json_items(text, result):
+        if not isinstance(item, dict) or not isinstance(item.get("bbox_2d"), list):
+            result._fail(f"item without a bbox_2d list: {item!r}"[:200])
+            continue
+        label = item.get("label", "")
+        _add(result, item["bbox_2d"], label if isinstance(label, str) else str(label), "qwen2.5-vl-json",
+             image_size, scales)
+
+
+def _parse_plain(text: str, result: ParseResult, image_size: Size) -> None:
+    groups = _BRACKETS.findall(text)
+    for group in groups:
+        if group.strip():  # `[]` and the outer brackets of `[[...], [...]]` hold no box
+            _add(result, [v.strip() for v in group.split(",")], "", "plain", image_size, image_size)
+    if text.count("[") != text.count("]"):
+        result._fail("unbalanced brackets (truncated?)")
+    elif not groups:
+        result._fail("no [x1, y1, x2, y2] list found")
+
+
+def parse_boxes(fmt: str, text: str, image_size: Size, resized_size: Size | None = None) -> ParseResult:
+    """Read the boxes of a model's answer, in original-image pixels. Never raises on bad output."""
+    _check_format(fmt)
+    result = ParseResult()
+    if not isinstance(text, str) or not text.strip():
+        return result._fail("empty output")
+    if fmt == "qwen2-vl-grid":
+        _parse_grid(text, result, image_size)
+    elif fmt == "qwen2.5-vl-json":
+        _parse_json(text, result, image_size, resized_size)
+    else:
+        _parse_plain(text, result, image_size)
+    return result

@@ -1,0 +1,368 @@
+"""Dataset sources, subsets and splits: everything `[data]` in a recipe can point at.
+
+A sample is the standard conversation form plus the ground truth the benchmark scores against::
+
+    {"id": "synthetic-detection-00017",
+     "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Detect ..."}]},
+                  {"role": "assistant", "content": [{"type": "text", "text": "<|box_start|>..."}]}],
+     "images": [<PIL.Image.Image RGB>],            # one per {"type": "image"} part, in order
+     "target": {"boxes": [[x1, y1, x2, y2]], "labels": ["nutrition table"]}}   # or {"answer": "..."}
+
+`data.source` may be:
+
+- `builtin:synthetic-detection` / `builtin:synthetic-vqa` (see `vlmtune_cli.synthetic`);
+- a `.jsonl` file, one sample per line; images are paths relative to the file::
+
+      {"id": "p1", "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text",
+       "text": "Detect the nutrition table."}]}, {"role": "assistant", "content": "[12, 40, 180, 200]"}],
+       "images": ["photos/p1.jpg"], "target": {"boxes": [[12, 40, 180, 200]], "labels": ["nutrition table"]}}
+
+  `content` may be a plain string. An image may instead sit inside its part:
+  `{"type": "image", "image": "photos/p1.jpg"}`. Rows with images but no image part get the image parts
+  prepended to their first user turn. `id` defaults to `<file>:<line>`; `target` to
+  `{"answer": <last assistant text>}` (the benchmark parses boxes out of it with the recipe's box format);
+- a folder written by `datasets` `save_to_disk` (Dataset or DatasetDict), or a folder of `.parquet` files
+  (a file whose name or parent folder is the split name, e.g. `train-0000.parquet`, `test/x.parquet`,
+  belongs to that split); rows in the form above, images as PIL images, `{"bytes": ...}` or paths;
+- `path/to/file.py:function`, the old pipeline's plugin signature
+  `function(dataset_config, processor, split, split_ratio)`, called once per split with the `[data]`
+  section as `dataset_config` (`processor` may be None), returning a `datasets.Dataset` or a list of rows.
+  The file runs with your rights, only because the recipe names it;
+- a hub dataset id (`owner/name`, options `hub_config` and `hub_revision`), where the hub is reachable or
+  the dataset is cached.
+
+Splits. A source with both requested splits (a DatasetDict, a parquet folder, a plugin) keeps them;
+`max_samples` then applies to each, after a seeded shuffle. Any other source is shuffled with `data.seed`,
+cut to `max_samples`, and its first `round(n * split_ratio)` samples train, the rest test; while
+`split_ratio < 1` the test split keeps at least one sample. Samples within a split are in source order.
+Images are decoded only for the samples kept, so a subset of a large set stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import random
+import re
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import FunctionType
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from vlmtune_cli import synthetic
+from vlmtune_cli.errors import UsageError, VlmtuneError
+from vlmtune_cli.schema import BUILTIN_DATASETS, DataSection
+
+ROLES = ("system", "user", "assistant")
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_TRUE = {"1", "true", "yes", "on"}
+
+# A source is a count and a way to build sample i, so only the samples a subset keeps are materialised.
+Rows = tuple[int, Callable[[int], dict[str, Any]]]
+
+
+def load_splits(data: DataSection, *, box_format: str, processor=None) -> dict[str, list[dict]]:
+    """Load `data.source` and return `{data.train_split: [...], data.test_split: [...]}`."""
+    if data.train_split == data.test_split:
+        raise UsageError(f"data.train_split and data.test_split are both {data.train_split!r}; name two")
+    source = data.source
+    named = None
+    if source.startswith("builtin:"):
+        if source not in BUILTIN_DATASETS:
+            raise UsageError(f"unknown built-in dataset {source!r}",
+                             hint=f"built-in datasets: {', '.join(BUILTIN_DATASETS)}")
+        kind = source.removeprefix("builtin:")
+        rows = (data.num_samples, lambda i: synthetic.make_sample(kind, i, data, box_format, processor))
+    elif re.search(r"\.py:[^/\\]+$", source):
+        named = _plugin_splits(data, processor)
+    elif Path(source).expanduser().is_file():
+        rows = _jsonl_rows(Path(source).expanduser())
+    elif Path(source).expanduser().is_dir():
+        rows, named = _pick_splits(_load_folder(Path(source).expanduser(), data), data, source)
+    elif _HUB_ID.match(source) and not source.endswith((".jsonl", ".json", ".parquet", ".py")):
+        rows, named = _pick_splits(_load_hub(data), data, source)
+    else:
+        raise UsageError(f"data.source {source!r} is not a file, folder, built-in dataset or hub id",
+                         hint=f"built-in datasets: {', '.join(BUILTIN_DATASETS)}")
+
+    if named is not None:
+        splits = {split: _subset(rows_, data, salt=split) for split, rows_ in named.items()}
+    else:
+        order = _subset(rows, data, salt="")
+        n_train = min(len(order), max(1, round(len(order) * data.split_ratio)))
+        if data.split_ratio < 1.0 and len(order) > 1:
+            n_train = min(n_train, len(order) - 1)
+        splits = {data.train_split: sorted(order[:n_train]), data.test_split: sorted(order[n_train:])}
+        named = {data.train_split: rows, data.test_split: rows}
+    if not splits[data.train_split]:
+        raise UsageError(f"data.source {source!r} gives no samples for split {data.train_split!r}",
+                         hint="check the file or plugin, and data.max_samples / data.split_ratio")
+    return {split: [named[split][1](i) for i in indices] for split, indices in splits.items()}
+
+
+def _subset(rows: Rows, data: DataSection, salt: str) -> list[int]:
+    order = list(range(rows[0]))
+    random.Random(f"{data.seed}:{salt}").shuffle(order)
+    kept = order[: data.max_samples] if data.max_samples else order
+    return kept if not salt else sorted(kept)
+
+
+# --- rows in the standard form -------------------------------------------------------------------------
+
+def _open_image(value: Any, base: Path | None, where: str) -> Image.Image:
+    if isinstance(value, Image.Image):  # datasets' Image feature opens lazily: decoding can still fail
+        label, opener = getattr(value, "filename", "") or "in-memory image", None
+    elif isinstance(value, dict) and value.get("bytes") is not None:
+        label, opener = f"{value.get('path') or 'embedded image'}", lambda: io.BytesIO(value["bytes"])
+    else:
+        path = value.get("path") if isinstance(value, dict) else value
+        if not isinstance(path, (str, os.PathLike)) or not str(path):
+            raise UsageError(f"{where}: {value!r} is not an image, image path or {{'bytes': ...}}"[:300])
+        if str(path).startswith(("http://", "https://")):
+            raise UsageError(f"{where}: image {path} is a URL; vlmtune never downloads, save it locally")
+        full = Path(path).expanduser()
+        full = full if full.is_absolute() or base is None else base / full
+        label, opener = str(full), lambda: full
+    try:
+        if opener is None:
+            return value.convert("RGB")
+        with Image.open(opener()) as image:
+            image.load()  # decode now, so a corrupt file fails here with the sample's name, not mid-training
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise UsageError(f"{where}: image {label} does not exist") from None
+    except UnidentifiedImageError:
+        raise UsageError(f"{where}: image {label} cannot be read (corrupt, or not an image)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UsageError(f"{where}: image {label} cannot be read ({exc})") from None
+
+
+def _text(parts: list[dict]) -> str:
+    return "".join(p.get("text") or "" for p in parts if p["type"] == "text")
+
+
+def to_sample(row: Any, sample_id: str, where: str, base: Path | None = None) -> dict[str, Any]:
+    """One user row (messages + images, see the module docstring) as a sample; UsageError if malformed."""
+    if not isinstance(row, dict) or not isinstance(row.get("messages"), list) or not row["messages"]:
+        raise UsageError(f"{where}: a sample needs a non-empty 'messages' list",
+                         hint='e.g. {"messages": [{"role": "user", "content": "..."}], "images": [...]}')
+    sample_id = str(row["id"]) if row.get("id") is not None else sample_id
+    where = where if row.get("id") is None else f"{where} (id {sample_id})"
+    images = row.get("images")
+    images = [] if images is None else images if isinstance(images, list) else [images]
+    messages, inline, placeholders = [], [], 0
+    for msg in row["messages"]:
+        role = msg.get("role") if isinstance(msg, dict) else None
+        if role not in ROLES:
+            raise UsageError(f"{where}: message role {role!r} is not one of {', '.join(ROLES)}")
+        content = msg.get("content")
+        raw = [content] if isinstance(content, str) else content if isinstance(content, list) else None
+        if raw is None:
+            raise UsageError(f"{where}: message content must be a string or a list of parts")
+        parts = []
+        for part in raw:
+            kind = "text" if isinstance(part, str) else part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                text = part if isinstance(part, str) else part.get("text") or ""
+                parts.append({"type": "text", "text": text})
+            elif kind == "image":
+                placeholders += 1
+                if part.get("image") is not None or part.get("path") is not None:
+                    inline.append(part.get("image") if part.get("image") is not None else part["path"])
+                parts.append({"type": "image"})
+            else:
+                raise UsageError(f"{where}: content part {part!r} is neither text nor image"[:300])
+        messages.append({"role": role, "content": parts})
+    if inline:
+        if images or len(inline) != placeholders:
+            raise UsageError(f"{where}: give every image inside its part, or all in 'images', not both")
+        images = inline
+    if images and not placeholders:
+        first_user = next((m for m in messages if m["role"] == "user"), None)
+        if first_user is None:
+            raise UsageError(f"{where}: images but no user turn to attach them to")
+        first_user["content"][:0] = [{"type": "image"} for _ in images]
+    elif placeholders != len(images):
+        raise UsageError(f"{where}: {placeholders} image parts in the messages but {len(images)} images")
+    target = row.get("target")
+    if target is None:
+        answers = [m for m in messages if m["role"] == "assistant"]
+        target = {"answer": _text(answers[-1]["content"])} if answers else {}
+    elif isinstance(target, dict):
+        # Arrow fills the keys a row lacks (but another row has) with None.
+        target = {k: v for k, v in target.items() if v is not None}
+    else:
+        raise UsageError(f"{where}: 'target' must be an object, got {type(target).__name__}")
+    return {"id": sample_id, "messages": messages,
+            "images": [_open_image(img, base, where) for img in images], "target": target}
+
+
+# --- sources -------------------------------------------------------------------------------------------
+
+def _jsonl_rows(path: Path) -> Rows:
+    if path.suffix != ".jsonl":
+        raise UsageError(f"data.source {str(path)!r} is a file but not .jsonl or a plugin 'file.py:function'")
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    rows.append((lineno, json.loads(line)))
+                except ValueError as exc:
+                    raise UsageError(f"{path}, line {lineno}: not valid JSON ({exc})") from None
+    base = path.parent
+    return len(rows), lambda i: to_sample(rows[i][1], f"{path.name}:{rows[i][0]}",
+                                          f"{path}, line {rows[i][0]}", base)
+
+
+def _dataset_rows(ds: Any, label: str, base: Path | None = None) -> Rows:
+    def make(i: int) -> dict[str, Any]:
+        try:
+            row = ds[i]  # a datasets.Dataset decodes its Image columns here
+        except UnidentifiedImageError:
+            raise UsageError(f"{label}, row {i}: an image is corrupt or not an image") from None
+        except Exception as exc:
+            raise UsageError(f"{label}, row {i}: cannot be read ({type(exc).__name__}: {exc})") from None
+        return to_sample(row, f"{label}-{i:05d}", f"{label}, row {i}", base)
+
+    return len(ds), make
+
+
+def _load_folder(path: Path, data: DataSection) -> Any:
+    import datasets
+
+    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        return datasets.load_from_disk(str(path))
+    files = sorted(path.rglob("*.parquet"))
+    if not files:
+        raise UsageError(f"folder {path} holds neither a dataset saved with save_to_disk nor .parquet files")
+    import pyarrow.parquet as pq
+
+    # Read with pyarrow rather than load_dataset("parquet") to avoid copying the data into the HF cache.
+    by_split: dict[str, list[Path]] = {}
+    for file in files:
+        names = [*file.relative_to(path).parent.parts, re.split(r"[-_.]", file.stem)[0]]
+        split = next((s for s in (data.train_split, data.test_split) if s in names), "other")
+        by_split.setdefault(split, []).append(file)
+    tables = {split: [pq.read_table(f) for f in fs] for split, fs in by_split.items()}
+    import pyarrow as pa
+    from datasets.table import InMemoryTable
+
+    loaded = {s: datasets.Dataset(InMemoryTable(pa.concat_tables(t, promote_options="default")))
+              for s, t in tables.items()}
+    return datasets.DatasetDict(loaded) if len(loaded) > 1 else loaded.popitem()[1]
+
+
+def _pick_splits(ds: Any, data: DataSection, source: str) -> tuple[Rows | None, dict[str, Rows] | None]:
+    """Named splits if the source has both requested ones; otherwise the one split to cut by split_ratio."""
+    base = Path(source) if Path(source).is_dir() else None
+    label = Path(source).name or source
+    if not hasattr(ds, "keys"):  # a plain Dataset
+        return _dataset_rows(ds, label, base), None
+    names = list(ds.keys())
+    if data.train_split in names and data.test_split in names:
+        wanted = (data.train_split, data.test_split)
+        return None, {s: _dataset_rows(ds[s], f"{label}-{s}", base) for s in wanted}
+    if data.train_split in names or len(names) == 1:
+        only = data.train_split if data.train_split in names else names[0]
+        return _dataset_rows(ds[only], f"{label}-{only}", base), None
+    raise UsageError(f"{source} has splits {', '.join(names)} but not {data.train_split!r}",
+                     hint="set data.train_split / data.test_split to the source's split names")
+
+
+def _plugin_splits(data: DataSection, processor: Any) -> dict[str, Rows]:
+    file, func_name = data.source.rsplit(":", 1)
+    path = Path(file).expanduser().resolve()
+    if not path.is_file():
+        raise UsageError(f"plugin file {file} does not exist",
+                         hint="data.source = 'path/to/file.py:function', the path relative to where you run")
+    spec = importlib.util.spec_from_file_location(f"vlmtune_plugin_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
+    sys.path.insert(0, str(path.parent))  # so the plugin can import its sibling modules
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise UsageError(f"importing plugin {file} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.path.remove(str(path.parent))
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        found = [n for n, v in vars(module).items() if isinstance(v, FunctionType) and not n.startswith("_")]
+        raise UsageError(f"plugin {file} has no function {func_name!r}",
+                         hint=f"functions in the file: {', '.join(found) or 'none'}")
+    named, call = {}, f"{file}:{func_name}"
+    for split in (data.train_split, data.test_split):
+        try:
+            result = func(data, processor, split, data.split_ratio)
+        except Exception as exc:
+            raise UsageError(f"plugin {call} failed for split {split!r}: {type(exc).__name__}: {exc}",
+                             hint="fix the plugin; it is called as function(dataset_config, processor, "
+                                  "split, split_ratio)") from exc
+        if not isinstance(result, list):
+            import datasets
+
+            if isinstance(result, datasets.DatasetDict) and split in result:
+                result = result[split]
+            if not isinstance(result, datasets.Dataset):
+                raise UsageError(f"plugin {call} returned a {type(result).__name__} for split {split!r}",
+                                 hint="return a datasets.Dataset or a list of {'messages', 'images'} dicts")
+        named[split] = _dataset_rows(result, f"{path.stem}-{split}", path.parent)
+    return named
+
+
+def _offline() -> bool:
+    import datasets
+
+    flags = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return datasets.config.HF_HUB_OFFLINE or any(os.environ.get(f, "").lower() in _TRUE for f in flags)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url, reached = urlparse(constants.ENDPOINT), []
+
+    def probe() -> None:  # in a thread because name resolution ignores socket timeouts
+        try:
+            socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+            reached.append(True)
+        except OSError:
+            pass
+
+    (thread := threading.Thread(target=probe, daemon=True)).start()
+    thread.join(timeout + 0.5)
+    return bool(reached)
+
+
+def _load_hub(data: DataSection) -> Any:
+    import datasets
+    from huggingface_hub import constants
+
+    offline = _offline() or not _hub_reachable()
+    kwargs = {"name": data.options.get("hub_config"), "revision": data.options.get("hub_revision")}
+    saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    if offline:
+        # Offline mode makes datasets answer from its cache at once instead of retrying for half a minute.
+        datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        return datasets.load_dataset(data.source, **kwargs)
+    except Exception as exc:
+        if offline:
+            raise VlmtuneError(
+                f"{data.source!r} is not a local file or folder, and the Hugging Face Hub is unreachable "
+                "(offline) with no cached copy of it",
+                hint="use a local source: a .jsonl file, a folder saved with save_to_disk or of parquet "
+                     "files, a plugin 'file.py:function', or builtin:synthetic-detection") from exc
+        raise UsageError(f"cannot load hub dataset {data.source!r}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved

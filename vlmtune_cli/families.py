@@ -1,0 +1,151 @@
+"""Everything vlmtune knows about each supported model family, in one table.
+
+Supporting a new family means adding one `Family` entry to `FAMILIES` (and, if its box syntax is new, a parser
+in boxes.py). The module prefixes below were read off real model instances in transformers 5.23; a parameter
+that matches none of them is an error, never silently left out of freezing.
+
+Imports nothing heavy: recipe validation and `--help` may use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from vlmtune_cli.errors import UsageError, VlmtuneError
+
+Component = Literal["vision", "projector", "llm"]
+COMPONENTS: tuple[Component, ...] = ("vision", "projector", "llm")
+
+# Prefixes wrappers put in front of the model's own parameter names: PEFT (`base_model.model.`),
+# DistributedDataParallel (`module.`), torch.compile (`_orig_mod.`).
+_WRAPPER_PREFIXES = ("base_model.model.", "module.", "_orig_mod.")
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    """Our name for the family, as recipes and messages show it."""
+    model_types: tuple[str, ...]
+    """`config.model_type` values that belong to this family."""
+    vision_prefixes: tuple[str, ...]
+    """Parameter-name prefixes of the vision encoder, without the projector."""
+    projector_prefixes: tuple[str, ...]
+    """Parameter-name prefixes of the vision-to-language projector (Qwen2-VL's merger)."""
+    llm_prefixes: tuple[str, ...]
+    """Parameter-name prefixes of the language model, its embeddings and its head."""
+    image_tokens: tuple[str, ...]
+    """Tokens that stand for an image; masked from the loss even under `loss_on = "all"`."""
+    assistant_header: str
+    """Text that opens an assistant turn in the chat template (not trained)."""
+    end_of_turn: str
+    """Text that closes a turn; trained as part of an assistant turn."""
+    box_format: str
+    """How this family writes boxes in text; boxes.py parses and renders each format."""
+    image_only_processor: str | None = None
+    """`module:Class` of a processor that needs no torchvision, tried when `AutoProcessor` fails."""
+
+    def prefixes(self, component: Component) -> tuple[str, ...]:
+        return {
+            "vision": self.vision_prefixes,
+            "projector": self.projector_prefixes,
+            "llm": self.llm_prefixes,
+        }[component]
+
+
+_QWEN_IMAGE_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
+_QWEN_PROCESSOR = "vlmtune_cli.qwen2_vl_processor:Qwen2VLImageOnlyProcessor"
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        name="qwen2-vl",
+        model_types=("qwen2_vl",),
+        # model.visual holds patch_embed, blocks and the merger; the merger is the projector.
+        vision_prefixes=("model.visual.patch_embed.", "model.visual.blocks."),
+        projector_prefixes=("model.visual.merger.",),
+        llm_prefixes=("model.language_model.", "lm_head."),
+        image_tokens=_QWEN_IMAGE_TOKENS,
+        assistant_header="<|im_start|>assistant\n",
+        end_of_turn="<|im_end|>",
+        box_format="qwen2-vl-grid",  # <|box_start|>(x1,y1),(x2,y2)<|box_end|> on a 0-1000 grid
+        image_only_processor=_QWEN_PROCESSOR,
+    ),
+    Family(
+        name="qwen2.5-vl",
+        model_types=("qwen2_5_vl",),
+        vision_prefixes=("model.visual.patch_embed.", "model.visual.blocks."),
+        projector_prefixes=("model.visual.merger.",),
+        llm_prefixes=("model.language_model.", "lm_head."),
+        image_tokens=_QWEN_IMAGE_TOKENS,
+        assistant_header="<|im_start|>assistant\n",
+        end_of_turn="<|im_end|>",
+        box_format="qwen2.5-vl-json",  # {"bbox_2d": [x1, y1, x2, y2]} in pixels of the resized image
+        # Qwen2.5-VL's processor only adds video timing on top of Qwen2-VL's; for images they are the same.
+        image_only_processor=_QWEN_PROCESSOR,
+    ),
+    Family(
+        name="mllama",
+        model_types=("mllama",),
+        vision_prefixes=("model.vision_model.",),
+        projector_prefixes=("model.multi_modal_projector.",),
+        # The cross-attention layers that read image features live inside the language model: they train
+        # (or freeze) with the LLM.
+        llm_prefixes=("model.language_model.", "lm_head."),
+        image_tokens=("<|image|>",),
+        assistant_header="<|start_header_id|>assistant<|end_header_id|>\n\n",
+        end_of_turn="<|eot_id|>",
+        box_format="plain",  # no native box syntax: [x1, y1, x2, y2] in original-image pixels
+    ),
+)
+
+
+def supported_model_types() -> list[str]:
+    return sorted(t for family in FAMILIES for t in family.model_types)
+
+
+def family_for_model_type(model_type: str) -> Family:
+    """The family a `config.model_type` belongs to. Raises UsageError for an unsupported one."""
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    raise UsageError(
+        f"model type {model_type!r} is not supported; supported: {', '.join(supported_model_types())}",
+        hint="a new family is one entry in vlmtune_cli/families.py",
+    )
+
+
+def strip_wrapper_prefixes(param_name: str) -> str:
+    """The parameter's name in the bare model, whatever PEFT/DDP/compile wrappers it sits in."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _WRAPPER_PREFIXES:
+            if param_name.startswith(prefix):
+                param_name = param_name[len(prefix) :]
+                stripped = True
+    return param_name
+
+
+def find_component(family: Family, name: str) -> Component | None:
+    """The component a parameter or module name lies in, or None (e.g. for a container such as `model`)."""
+    name = strip_wrapper_prefixes(name)
+    for component in COMPONENTS:
+        # A module's own name is its prefix without the trailing dot (e.g. "lm_head" for "lm_head.").
+        if any(name.startswith(p) or name == p[:-1] for p in family.prefixes(component)):
+            return component
+    return None
+
+
+def component_of(family: Family, param_name: str) -> Component:
+    """The component (vision, projector, llm) a parameter belongs to.
+
+    Accepts names from a bare model or one wrapped by PEFT, DDP or torch.compile. Raises VlmtuneError for a
+    name outside every component, so that no weight can escape freezing unnoticed.
+    """
+    component = find_component(family, param_name)
+    if component is not None:
+        return component
+    raise VlmtuneError(
+        f"{param_name!r} belongs to none of the {family.name} components (vision, projector, llm)",
+        hint="the model's module names differ from what vlmtune_cli/families.py expects for this family",
+    )

@@ -1,0 +1,130 @@
+"""Conversations → input ids and labels, and the collator that batches them.
+
+vlmtune builds `labels` itself rather than leaving it to TRL: TRL's VLM collator masks padding only (image
+tokens stay in the loss) and refuses assistant-only loss for VLMs. Here:
+  loss_on = "all"        every token except image tokens (and padding, added by the collator);
+  loss_on = "assistant"  only assistant turns: the tokens after each assistant header up to and including the
+                         end-of-turn token. An answer that merely contains the word "assistant" is not a header:
+                         headers start with a special token the text cannot produce.
+Samples are never truncated: one longer than `max_length` is reported as overlength, since cutting inside an
+image's tokens crashes the model ("image features and image tokens do not match").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """The token ids label building needs, looked up once per tokenizer."""
+
+    image_ids: frozenset[int]
+    header_ids: tuple[int, ...]
+    end_id: int
+    pad_id: int
+
+    @classmethod
+    def for_family(cls, tokenizer: Any, family: Any) -> LabelSpec:
+        header = tuple(tokenizer.encode(family.assistant_header, add_special_tokens=False))
+        end = tokenizer.convert_tokens_to_ids(family.end_of_turn)
+        images = frozenset(tokenizer.convert_tokens_to_ids(t) for t in family.image_tokens)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
+        return cls(image_ids=images, header_ids=header, end_id=end, pad_id=pad)
+
+
+def build_labels(input_ids: list[int], loss_on: Literal["all", "assistant"], spec: LabelSpec) -> list[int]:
+    """Labels for one unpadded sample: the token id where the loss applies, IGNORE_INDEX elsewhere."""
+    if loss_on == "all":
+        return [IGNORE_INDEX if t in spec.image_ids else t for t in input_ids]
+    labels = [IGNORE_INDEX] * len(input_ids)
+    header, n = spec.header_ids, len(spec.header_ids)
+    i = 0
+    while i <= len(input_ids) - n:
+        if tuple(input_ids[i : i + n]) != header:
+            i += 1
+            continue
+        j = i + n
+        while j < len(input_ids):
+            labels[j] = input_ids[j]
+            j += 1
+            if input_ids[j - 1] == spec.end_id:
+                break
+        i = j
+    return labels
+
+
+class Overlength(Exception):
+    def __init__(self, length: int):
+        super().__init__(length)
+        self.length = length
+
+
+def encode_sample(processor: Any, spec: LabelSpec, sample: dict[str, Any], loss_on: str, max_length: int,
+                  ) -> dict[str, Any]:
+    """One conversation → tensors for the model, with labels. Raises Overlength when it does not fit."""
+    text = processor.apply_chat_template(sample["messages"], tokenize=False, add_generation_prompt=False)
+    images = sample.get("images") or None
+    encoded = processor(text=[text], images=images, return_tensors="pt")
+    input_ids = encoded["input_ids"][0]
+    if len(input_ids) > max_length:
+        raise Overlength(len(input_ids))
+    labels = build_labels(input_ids.tolist(), loss_on, spec)  # type: ignore[arg-type]
+    item: dict[str, Any] = {"input_ids": input_ids, "labels": labels}
+    for key, value in encoded.items():
+        if key in ("input_ids", "attention_mask"):
+            continue
+        # Per-token extras (Qwen's `mm_token_type_ids`) lose their batch axis so the collator can pad them.
+        per_token = value.dim() == 2 and value.shape[0] == 1 and value.shape[1] == len(input_ids)
+        item[key] = value[0] if per_token else value
+    return item
+
+
+def count_trained(labels: list[int]) -> int:
+    return sum(1 for t in labels if t != IGNORE_INDEX)
+
+
+class VisionCollator:
+    """Pads a list of encoded samples into one batch (right padding, labels padded with IGNORE_INDEX).
+
+    Vision inputs are concatenated along the first axis, the layout Qwen-VL models expect for
+    `pixel_values` (patches of all images) and `image_grid_thw` (one row per image).
+    """
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        longest = max(len(s["input_ids"]) for s in samples)
+        batch: dict[str, Any] = {
+            "input_ids": torch.full((len(samples), longest), self.pad_id, dtype=torch.long),
+            "attention_mask": torch.zeros((len(samples), longest), dtype=torch.long),
+            "labels": torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long),
+        }
+        for row, sample in enumerate(samples):
+            n = len(sample["input_ids"])
+            batch["input_ids"][row, :n] = _tensor(sample["input_ids"])
+            batch["attention_mask"][row, :n] = 1
+            batch["labels"][row, :n] = _tensor(sample["labels"])
+        for key in sorted({k for s in samples for k in s if k not in ("input_ids", "labels")}):
+            values = [(row, _tensor(s[key])) for row, s in enumerate(samples) if key in s]
+            if values[0][1].dim() == 1:  # per token (Qwen's mm_token_type_ids): pad like input_ids
+                batch[key] = torch.zeros((len(samples), longest), dtype=values[0][1].dtype)
+                for row, value in values:
+                    batch[key][row, : len(value)] = value
+            else:  # vision inputs: a text-only sample has none, so concatenate over those that do
+                batch[key] = torch.cat([value for _, value in values], dim=0)
+        return batch
+
+
+def _tensor(value: Any) -> Any:
+    """A tensor from a list, numpy array (possibly read-only, as datasets serves them) or tensor."""
+    import numpy as np
+    import torch
+
+    return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value))

@@ -1,0 +1,333 @@
+"""Loading models and processors by name, and deciding which of their weights train.
+
+torch, transformers and peft are imported inside the functions: light code (recipe checks, `--help`) may
+import this module.
+
+Freezing works per component (vision encoder, projector, language model), each `frozen`, `lora` or `full`:
+- no component on `lora`: no PEFT at all, `full` components simply get `requires_grad`;
+- some on `lora`: adapters go on explicitly named modules of those components only (PEFT's `all-linear` would
+  also hit the vision tower and merger), and `full` components become PEFT `modules_to_save`, so that the
+  adapter checkpoint carries them too (parameters merely set to `requires_grad` would train but not be saved).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import importlib.util
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from vlmtune_cli.builtin_models import BUILDERS, is_current_build, remove_leftovers
+from vlmtune_cli.errors import UsageError, VlmtuneError
+from vlmtune_cli.families import COMPONENTS, Family, component_of, family_for_model_type, find_component
+from vlmtune_cli.schema import DataSection, LoraSection, ModelSection, TuningSection
+
+
+def resolve_model_path(name: str, cache_dir: Path) -> str:
+    """Where `from_pretrained` should load `name` from.
+
+    A built-in name is built once into `<cache_dir>/models/<name>` and reused afterwards; concurrent callers
+    wait on a lock instead of building twice, and a killed build leaves no directory that looks complete.
+    Hub ids and local paths are returned unchanged. Raises UsageError for an unknown built-in name.
+    """
+    if not name.startswith("builtin:"):
+        return name
+    if name not in BUILDERS:
+        raise UsageError(f"unknown built-in model {name!r}; built-in models: {', '.join(BUILDERS)}")
+    dirname, build = BUILDERS[name]
+    target = Path(cache_dir) / "models" / dirname
+    if is_current_build(target):
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # flock is released by the kernel when a holder dies, so a killed build never blocks later ones.
+    with open(target.parent / f".{dirname}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_current_build(target):
+            remove_leftovers(target)
+            build(target)
+    return str(target)
+
+
+def _not_found(section: ModelSection, path: str, error: Exception) -> VlmtuneError:
+    if Path(path).exists():
+        return VlmtuneError(f"cannot load model.name = {section.name!r} from {path}: {error}")
+    return UsageError(
+        f"model.name = {section.name!r} is neither a local directory nor a hub model this machine can reach",
+        hint="without network, copy the checkpoint here and set model.name to its directory "
+        "(HF_HUB_OFFLINE=1 skips the hub's retries)",
+    )
+
+
+def _import_object(spec: str) -> Any:
+    module, _, attribute = spec.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def load_processor(model_section: ModelSection, data_section: DataSection, cache_dir: Path):
+    """The model's processor (tokenizer + image processor + chat template), with the recipe's pixel bounds.
+
+    Where `AutoProcessor` fails (Qwen2-VL without torchvision), falls back to the family's image-only
+    processor. Raises UsageError for a model that cannot be found or pixel bounds the processor cannot take,
+    VlmtuneError if no processor loads.
+    """
+    from transformers import AutoConfig, AutoProcessor
+
+    from vlmtune_cli import qwen2_vl_processor
+
+    path = resolve_model_path(model_section.name, cache_dir)
+    kwargs = {"revision": model_section.revision, "trust_remote_code": model_section.trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(path, **kwargs)
+    except OSError as error:
+        raise _not_found(model_section, path, error) from error
+    qwen2_vl_processor.register()
+    try:
+        processor = AutoProcessor.from_pretrained(path, **kwargs)
+    except Exception as error:
+        fallback = _fallback_processor(config.model_type)
+        if fallback is None:
+            raise VlmtuneError(f"cannot load the processor of {model_section.name!r}: {error}") from error
+        try:
+            processor = _import_object(fallback).from_pretrained(path, **kwargs)
+        except Exception as fallback_error:
+            raise VlmtuneError(
+                f"cannot load the processor of {model_section.name!r}: {error}",
+                hint=f"the torchvision-free {fallback} failed too: {fallback_error}",
+            ) from error
+    _apply_pixel_bounds(processor, data_section)
+    return processor
+
+
+def _fallback_processor(model_type: str) -> str | None:
+    try:
+        return family_for_model_type(model_type).image_only_processor
+    except UsageError:
+        return None
+
+
+def _apply_pixel_bounds(processor, data: DataSection) -> None:
+    if data.min_pixels is None and data.max_pixels is None:
+        return
+    image_processor = getattr(processor, "image_processor", None)
+    size = getattr(image_processor, "size", None)
+    if size is None or size.get("shortest_edge") is None or size.get("longest_edge") is None:
+        raise UsageError(
+            f"data.min_pixels/max_pixels need a processor that resizes by pixel area (Qwen-VL); "
+            f"this model's is {type(image_processor).__name__}",
+            hint="remove data.min_pixels and data.max_pixels from the recipe",
+        )
+    # Qwen's processors keep the pixel bounds as size.shortest_edge/longest_edge (area, not edge length).
+    bounds = {k: v for k, v in dict(size).items() if v is not None}  # SizeDict iterates as (key, value)
+    if data.min_pixels is not None:
+        bounds["shortest_edge"] = data.min_pixels
+    if data.max_pixels is not None:
+        bounds["longest_edge"] = data.max_pixels
+    image_processor.size = type(size)(**bounds)
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    if name == "auto":
+        return (
+            torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        )
+    return getattr(torch, name)
+
+
+def _quantization_config(quantization: str, dtype):
+    import torch
+
+    if quantization == "none":
+        return None
+    if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+        raise UsageError(
+            f"model.quantization = {quantization!r} needs a CUDA GPU and the bitsandbytes package",
+            hint='set model.quantization = "none" on this machine',
+        )
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def load_model(model_section: ModelSection, cache_dir: Path, *, dtype: str | None = None):
+    """Load `model_section.name` with `AutoModelForImageTextToText`.
+
+    `dtype` overrides `model_section.dtype` ("auto": bfloat16 on a CUDA GPU that supports it, else float32).
+    Raises UsageError for a model that cannot be found, is not an image-text-to-text model, or asks for
+    quantization without CUDA and bitsandbytes; VlmtuneError if an existing checkpoint fails to load.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    path = resolve_model_path(model_section.name, cache_dir)
+    torch_dtype = _torch_dtype(dtype or model_section.dtype)
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype,
+        "revision": model_section.revision,
+        "trust_remote_code": model_section.trust_remote_code,
+    }
+    if model_section.attn_implementation:
+        kwargs["attn_implementation"] = model_section.attn_implementation
+    quantization = _quantization_config(model_section.quantization, torch_dtype)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    try:
+        return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    except OSError as error:
+        raise _not_found(model_section, path, error) from error
+    except ValueError as error:
+        raise UsageError(f"cannot load model.name = {model_section.name!r}: {error}") from error
+
+
+def _unwrap(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def load_family(model_section: ModelSection, cache_dir: Path) -> Family:
+    """The family of `model.name`, read from its config alone (cheap: no weights are loaded).
+
+    Raises UsageError for a model that cannot be found or whose family vlmtune does not support.
+    """
+    from transformers import AutoConfig
+
+    path = resolve_model_path(model_section.name, cache_dir)
+    try:
+        config = AutoConfig.from_pretrained(
+            path, revision=model_section.revision, trust_remote_code=model_section.trust_remote_code
+        )
+    except OSError as error:
+        raise _not_found(model_section, path, error) from error
+    return family_for_model_type(config.model_type)
+
+
+def family_of(model) -> Family:
+    """The family of a loaded (possibly PEFT-wrapped) model. Raises UsageError for an unsupported one."""
+    return family_for_model_type(_unwrap(model).config.model_type)
+
+
+def lora_target_modules(
+    model, family: Family, components: Iterable[str], targets: list[str] | str
+) -> list[str]:
+    """Full names of the modules that get LoRA adapters, all inside `components`.
+
+    `targets` is "all-linear" (every linear layer there, except the output head, as PEFT does) or a list of
+    module names matched by suffix. Raises UsageError if a listed name matches nothing in those components.
+    """
+    import torch
+
+    components = set(components)
+    head = model.get_output_embeddings()
+    modules = [(n, m) for n, m in model.named_modules() if n and find_component(family, n) in components]
+    if targets == "all-linear":
+        found = [n for n, m in modules if isinstance(m, torch.nn.Linear) and m is not head]
+    else:
+        found = [n for n, _ in modules if any(n == t or n.endswith(f".{t}") for t in targets)]
+        unmatched = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in found)]
+        if unmatched:
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in modules if isinstance(m, torch.nn.Linear)})
+            raise UsageError(
+                f"lora.target_modules {unmatched} match no module of the components set to 'lora' "
+                f"({', '.join(sorted(components))})",
+                hint=f"linear layers there: {', '.join(linear)}",
+            )
+    if not found:
+        raise UsageError(
+            f"the components set to 'lora' ({', '.join(sorted(components))}) have no linear layer"
+        )
+    return found
+
+
+def _modules_to_save(model, family: Family, components: set[str]) -> list[str]:
+    """The largest modules lying wholly inside `components`, which PEFT can wrap as modules_to_save."""
+    import torch
+
+    chosen: list[str] = []
+
+    def visit(prefix: str, module) -> None:
+        inside = {component_of(family, prefix + n) for n, _ in module.named_parameters()}
+        if not inside & components:
+            return
+        # A ModuleList is iterated, never called, so PEFT's wrapper must sit on its items instead.
+        if (
+            prefix
+            and inside <= components
+            and not isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict))
+        ):
+            chosen.append(prefix[:-1])
+            return
+        own = [prefix + n for n, _ in module.named_parameters(recurse=False)]
+        if any(component_of(family, n) in components for n in own):
+            raise VlmtuneError(
+                f"cannot train {own} fully alongside LoRA: they sit in a module shared by components"
+            )
+        for name, child in module.named_children():
+            visit(f"{prefix}{name}.", child)
+
+    visit("", model)
+    return chosen
+
+
+def apply_tuning(model, tuning: TuningSection, lora: LoraSection, *, seed: int | None = None):
+    """Freeze, add LoRA adapters to, or fully train each component as `tuning` says.
+
+    Returns the model, wrapped in a PEFT model when any component is set to `lora`. `seed` makes the adapter
+    initialisation reproducible without touching the global random state. Raises UsageError for an unsupported
+    family or `lora.target_modules` that match nothing, VlmtuneError if a parameter belongs to no component.
+    """
+    import torch
+
+    family = family_of(model)
+    modes = {"vision": tuning.vision, "projector": tuning.projector, "llm": tuning.llm}
+    lora_parts = {c for c, mode in modes.items() if mode == "lora"}
+    full_parts = {c for c, mode in modes.items() if mode == "full"}
+    for name, param in model.named_parameters():
+        param.requires_grad_(component_of(family, name) in full_parts and not lora_parts)
+    if lora_parts:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora_target_modules(model, family, lora_parts, lora.target_modules),
+            modules_to_save=_modules_to_save(model, family, full_parts) or None,
+            task_type="CAUSAL_LM",
+        )
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            try:
+                model = get_peft_model(model, config)
+            except ValueError as error:
+                raise UsageError(f"cannot add LoRA adapters as [lora] asks: {error}") from error
+    leaked = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and modes[component_of(family, n)] == "frozen"
+    ]
+    if leaked:
+        raise VlmtuneError(f"{len(leaked)} parameters of frozen components would train, e.g. {leaked[0]}")
+    return model
+
+
+def trainable_table(model, family: Family) -> list[tuple[str, int, int]]:
+    """(component, trainable parameters, all parameters) for vision, projector and llm, in that order.
+
+    Counts what the model holds: LoRA adapters, and PEFT's trainable copies of `full` components, included.
+    """
+    counts = {c: [0, 0] for c in COMPONENTS}
+    for name, param in model.named_parameters():
+        entry = counts[component_of(family, name)]
+        entry[1] += param.numel()
+        if param.requires_grad:
+            entry[0] += param.numel()
+    return [(c, trainable, total) for c, (trainable, total) in counts.items()]

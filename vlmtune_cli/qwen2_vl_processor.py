@@ -1,0 +1,27 @@
+"""An image-only Qwen2-VL processor, for machines without torchvision.
+
+In transformers 5.23 the stock `Qwen2VLProcessor` always wants a video processor, and every video processor
+needs torchvision: building it fails (`VIDEO_PROCESSOR_MAPPING ... _extra_content`) and so does loading it
+(`Can't load video processor`). On a CPU machine torchvision cannot be installed at all (the only reachable
+wheel is a CUDA build that breaks `import transformers.AutoProcessor`). vlmtune never feeds videos, so this
+subclass simply drops the video processor: `ProcessorMixin` derives a processor's parts from the parameter
+names of `__init__`, hence the narrower signature.
+
+This module imports transformers at import time: import it lazily (models.py and builtin_models.py do).
+"""
+
+from __future__ import annotations
+
+from transformers import AutoProcessor, Qwen2VLConfig, Qwen2VLProcessor
+
+
+class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        # The parent passes video_processor=None positionally; ProcessorMixin zips it away since this class
+        # declares only two parts.
+        super().__init__(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
+
+
+def register() -> None:
+    """Let `AutoProcessor` resolve checkpoints naming this class (the built-in tiny model) or no class."""
+    AutoProcessor.register(Qwen2VLConfig, Qwen2VLImageOnlyProcessor, exist_ok=True)

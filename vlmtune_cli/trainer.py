@@ -1,0 +1,238 @@
+"""The one place that builds TRL's SFTConfig and SFTTrainer and runs them. Reads top to bottom:
+run directory → processor and data → model and tuning → trainer → train (resuming if it can) → save.
+
+Heavy imports live inside functions; importing this module is cheap, calling `train` is not.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlmtune_cli.console import err_console
+from vlmtune_cli.errors import UsageError, VlmtuneError
+from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for, write_atomic, write_env
+from vlmtune_cli.schema import Recipe
+from vlmtune_cli.settings import Settings
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    final_dir: Path | None
+    global_step: int
+    epoch: float
+    final_loss: float | None
+    resumed_from: Path | None
+    seconds: float
+
+
+def train(recipe: Recipe, settings: Settings, *, overwrite: bool = False, require_resume: bool = False,
+          stop_at_epoch: int | None = None, argv: list[str] | None = None) -> TrainResult:
+    """Train `recipe` into `<runs_dir>/<variant>/`, resuming from its newest complete checkpoint.
+
+    `stop_at_epoch` ends the run early at that epoch boundary with a checkpoint (one link of a chain) while
+    keeping the learning-rate schedule planned for all of `training.epochs`.
+    Raises UsageError for a recipe that cannot run (bad data, nothing to train), VlmtuneError when training fails.
+    """
+    started = time.monotonic()
+    run = run_dir_for(recipe, settings.runs_dir)
+    prepare_run_dir(run, recipe, overwrite=overwrite)
+    write_env(run, argv)
+    checkpoint = _checkpoint_to_resume(run, require_resume)
+
+    from vlmtune_cli import models
+
+    processor = models.load_processor(recipe.model, recipe.data, settings.cache_dir)
+    family = models.load_family(recipe.model, settings.cache_dir)
+    train_set, eval_set = _encoded_splits(recipe, processor, family)
+
+    model = models.load_model(recipe.model, settings.cache_dir)
+    model = models.apply_tuning(model, recipe.tuning, recipe.lora, seed=recipe.training.seed)
+    _print_trainable(models.trainable_table(model, family))
+    if checkpoint is not None and not recipe.uses_lora:
+        _restore_full_weights(model, checkpoint)
+
+    trainer = _build_trainer(recipe, run, model, processor, train_set, eval_set, stop_at_epoch)
+    if checkpoint is not None:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        err_console.print(f"resuming from {checkpoint} (step {state['global_step']}, epoch {state['epoch']:g})")
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except (ValueError, RuntimeError) as exc:
+        raise VlmtuneError(f"training failed: {exc}", hint="set VLMTUNE_DEBUG=1 for the traceback") from exc
+
+    state = trainer.state
+    finished = stop_at_epoch is None or state.global_step >= state.max_steps
+    final_dir = _save_final(trainer, processor, run) if finished else None
+    result = TrainResult(run.path, final_dir, state.global_step, state.epoch or 0.0, _last_loss(state.log_history),
+                         checkpoint, time.monotonic() - started)
+    write_atomic(run.summary_file, json.dumps(
+        {"global_step": result.global_step, "epoch": result.epoch, "final_loss": result.final_loss,
+         "finished": finished, "resumed_from": str(checkpoint) if checkpoint else None,
+         "seconds": round(result.seconds, 2), "log_history": state.log_history}, indent=2) + "\n")
+    return result
+
+
+def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool) -> Any:
+    """The seed's `create_training_config`: a recipe → TRL's SFTConfig. Raises UsageError for bad `training.extra`."""
+    import torch
+    from trl import SFTConfig
+
+    t = recipe.training
+    precision = t.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    evaluate = has_eval and t.eval_steps is not None
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(run.checkpoints),
+        run_name=recipe.variant,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=t.gradient_checkpointing,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=t.eval_steps if evaluate else None,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        seed=t.seed,
+        report_to=[name for name in t.report_to if name not in ("tensorboard", "none")],
+        dataloader_num_workers=t.dataloader_num_workers,
+        # Our dataset is already encoded with our labels; TRL must neither re-tokenise nor drop columns.
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=None,
+    )
+    known = set(SFTConfig.__dataclass_fields__)
+    for key, value in t.extra.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean training.extra.{close[0]}?" if close else ""
+            raise UsageError(f"training.extra.{key}: not an SFTConfig/TrainingArguments field{hint}")
+        kwargs[key] = value
+    try:
+        return SFTConfig(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"the recipe's training settings are rejected by TRL: {exc}") from None
+
+
+# --- steps of `train` ----------------------------------------------------------------------------
+
+
+def _checkpoint_to_resume(run: RunDir, require_resume: bool) -> Path | None:
+    for broken in run.incomplete_checkpoints():
+        err_console.print(f"[yellow]skipping incomplete checkpoint {broken} (cut short while saving)[/]")
+    checkpoint = run.latest_checkpoint()
+    if require_resume and checkpoint is None:
+        raise UsageError(f"--resume: {run.path} has no complete checkpoint to resume from")
+    return checkpoint
+
+
+def _encoded_splits(recipe: Recipe, processor: Any, family: Any) -> tuple[Any, Any]:
+    from vlmtune_cli.data import load_splits
+    from vlmtune_cli.labels import LabelSpec
+    from vlmtune_cli.tokenized import encode_split, to_dataset
+
+    splits = load_splits(recipe.data, box_format=family.box_format, processor=processor)
+    spec = LabelSpec.for_family(processor.tokenizer, family)
+    encoded = {}
+    for name in (recipe.data.train_split, recipe.data.test_split):
+        samples, report = encode_split(splits.get(name, []), name, processor, spec, recipe.data,
+                                       recipe.tuning.loss_on)
+        if (drops := report.describe_drops()) is not None:
+            err_console.print(f"[yellow]{drops}[/]")
+        encoded[name] = samples
+    if not encoded[recipe.data.train_split]:
+        raise UsageError(
+            f"split {recipe.data.train_split!r} of {recipe.data.source} has no trainable sample",
+            hint="check data.source, data.max_samples, data.max_length and tuning.loss_on",
+        )
+    test = encoded[recipe.data.test_split]
+    return to_dataset(encoded[recipe.data.train_split]), to_dataset(test) if test else None
+
+
+def _print_trainable(table: list[tuple[str, int, int]]) -> None:
+    from rich.table import Table
+
+    view = Table(title="trainable parameters", title_justify="left")
+    for column in ("component", "trainable", "total", "%"):
+        view.add_column(column, justify="left" if column == "component" else "right")
+    for component, trainable, total in table:
+        share = 100.0 * trainable / total if total else 0.0
+        view.add_row(component, f"{trainable:,}", f"{total:,}", f"{share:.1f}")
+    err_console.print(view)
+
+
+def _restore_full_weights(model: Any, checkpoint: Path) -> None:
+    """Load a full fine-tune's weights from a checkpoint, strictly.
+
+    transformers 5.23's own resume loads full-model checkpoints with `strict=False` under legacy key names and
+    silently keeps the fresh weights; loading through `from_pretrained` maps the names, and a strict load
+    proves every weight arrived.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    saved = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    model.load_state_dict(saved.state_dict(), strict=True)
+
+
+def _build_trainer(recipe: Recipe, run: RunDir, model: Any, processor: Any, train_set: Any, eval_set: Any,
+                   stop_at_epoch: int | None) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+    from trl import SFTTrainer
+
+    from vlmtune_cli.labels import VisionCollator
+    from vlmtune_cli.trainer_callbacks import MarkCheckpointComplete, StopAtEpoch
+
+    args = build_sft_config(recipe, run, has_eval=eval_set is not None)
+    callbacks: list[Any] = [MarkCheckpointComplete()]
+    if "tensorboard" in recipe.training.report_to:
+        callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.logs))))
+    if stop_at_epoch is not None:
+        callbacks.append(StopAtEpoch(stop_at_epoch))
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=processor,
+        data_collator=VisionCollator(pad_id=processor.tokenizer.pad_token_id),
+        callbacks=callbacks,
+    )
+
+
+def _save_final(trainer: Any, processor: Any, run: RunDir) -> Path:
+    """Save the adapter (or model) and processor; a kill mid-save leaves no `final/` that looks complete."""
+    staging = run.path / "final.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.model.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    mark_complete(staging, {"global_step": trainer.state.global_step})
+    shutil.rmtree(run.final, ignore_errors=True)
+    staging.rename(run.final)
+    return run.final
+
+
+def _last_loss(history: list[dict[str, Any]]) -> float | None:
+    losses = [entry["loss"] for entry in history if "loss" in entry and math.isfinite(entry["loss"])]
+    return losses[-1] if losses else None
