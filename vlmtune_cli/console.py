@@ -2,6 +2,6 @@
 
 from rich.console import Console
 
-console = Console()
+console = Console(soft_wrap=True)
 # Messages are not wrapped at the terminal width: a path or key cut in two cannot be copied.
 err_console = Console(stderr=True, soft_wrap=True)

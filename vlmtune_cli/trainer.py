@@ -60,6 +60,9 @@ def train(recipe: Recipe, settings: Settings, *, overwrite: bool = False, requir
         _restore_full_weights(model, checkpoint)
 
     trainer = _build_trainer(recipe, run, model, processor, train_set, eval_set, stop_at_epoch)
+    if checkpoint is not None and not recipe.uses_lora:
+        # The weights are restored already; the trainer's own attempt would only log every key as missing.
+        trainer._load_from_checkpoint = lambda *args, **kwargs: None
     if checkpoint is not None:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         err_console.print(f"resuming from {checkpoint} (step {state['global_step']}, epoch {state['epoch']:g})")
@@ -117,6 +120,7 @@ def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool) -> Any:
         seed=t.seed,
         report_to=[name for name in t.report_to if name not in ("tensorboard", "none")],
         dataloader_num_workers=t.dataloader_num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
         # Our dataset is already encoded with our labels; TRL must neither re-tokenise nor drop columns.
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
@@ -199,10 +203,11 @@ def _build_trainer(recipe: Recipe, run: RunDir, model: Any, processor: Any, trai
                    stop_at_epoch: int | None) -> Any:
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
+    from transformers.trainer_callback import ProgressCallback
     from trl import SFTTrainer
 
     from vlmtune_cli.labels import VisionCollator
-    from vlmtune_cli.trainer_callbacks import MarkCheckpointComplete, StopAtEpoch
+    from vlmtune_cli.trainer_callbacks import MarkCheckpointComplete, QuietLogLines, StopAtEpoch
 
     args = build_sft_config(recipe, run, has_eval=eval_set is not None)
     callbacks: list[Any] = [MarkCheckpointComplete()]
@@ -210,7 +215,7 @@ def _build_trainer(recipe: Recipe, run: RunDir, model: Any, processor: Any, trai
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.logs))))
     if stop_at_epoch is not None:
         callbacks.append(StopAtEpoch(stop_at_epoch))
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -219,6 +224,9 @@ def _build_trainer(recipe: Recipe, run: RunDir, model: Any, processor: Any, trai
         data_collator=VisionCollator(pad_id=processor.tokenizer.pad_token_id),
         callbacks=callbacks,
     )
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(QuietLogLines())
+    return trainer
 
 
 def _save_final(trainer: Any, processor: Any, run: RunDir) -> Path:

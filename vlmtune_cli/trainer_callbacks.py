@@ -1,11 +1,13 @@
-"""Trainer callbacks: the checkpoint completeness marker and stopping a chain link at its epoch boundary."""
+"""Trainer callbacks: checkpoint completeness markers, stopping a chain link at its epoch boundary, log lines."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from vlmtune_cli.runs import mark_complete
 
@@ -35,3 +37,16 @@ class StopAtEpoch(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+class QuietLogLines(ProgressCallback):
+    """The trainer's progress bar, with its log lines compact and on stderr (stdout carries results only)."""
+
+    _SHOWN = ("loss", "eval_loss", "learning_rate", "grad_norm")
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs or self.training_bar is None:
+            return
+        parts = [f"{key} {logs[key]:.4g}" for key in self._SHOWN if isinstance(logs.get(key), float | int)]
+        if parts:
+            self.training_bar.write(f"step {state.global_step} · " + " · ".join(parts), file=sys.stderr)

@@ -1,0 +1,151 @@
+"""`vlmtune train` end to end on the tiny model: loss goes down, outputs land where promised, resuming from a
+checkpoint equals an uninterrupted run (LoRA and full fine-tuning), frozen weights stay bit-identical."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vlmtune_cli.cli import app
+
+from .conftest import RECIPES
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+# A small smoke run: 24 samples → 19 train → 5 steps per epoch at batch 4; a checkpoint every 3 steps.
+SMALL = ["data.num_samples=24", "data.max_samples=24", "training.epochs=2", "training.save_steps=3",
+         "training.save_total_limit=20", "training.eval_steps=5", "training.logging_steps=1"]
+FULL = ["tuning.vision=full", "tuning.projector=full", "tuning.llm=frozen"]  # the v3 shape
+
+
+def train(*overrides: str, extra: tuple[str, ...] = ()) -> Path:
+    args = ["train", str(RECIPES / "smoke.toml")]
+    for item in (*SMALL, *overrides):
+        args += ["--set", item]
+    result = runner.invoke(app, [*args, *extra])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return Path("runs") / "smoke"
+
+
+def tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def assert_bitwise_equal(a: dict, b: dict) -> None:
+    import torch
+
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert different == []
+
+
+def interrupt_after(run: Path, step: int, into: Path) -> Path:
+    """The run directory as a kill right after checkpoint `step` would have left it."""
+    copy = into / run.name
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "final")
+    (copy / "summary.json").unlink()
+    for checkpoint in (copy / "checkpoints").glob("checkpoint-*"):
+        if int(checkpoint.name.split("-")[1]) > step:
+            shutil.rmtree(checkpoint)
+    return copy
+
+
+def test_smoke_training_learns_and_records_the_run(workspace: Path) -> None:
+    result = runner.invoke(app, ["train", str(RECIPES / "smoke.toml")])
+    assert result.exit_code == 0, result.output
+    run = workspace / "runs" / "smoke"
+    assert f"run directory {Path('runs') / 'smoke'}" in result.stdout.replace(str(workspace) + "/", "")
+    summary = json.loads((run / "summary.json").read_text())
+    losses = [entry["loss"] for entry in summary["log_history"] if "loss" in entry]
+    assert losses[-1] < losses[0] - 0.3, losses
+    assert summary["finished"] is True
+    assert (run / "final" / "COMPLETE").is_file() and (run / "final" / "adapter_model.safetensors").is_file()
+    assert (run / "final" / "tokenizer.json").is_file(), "the processor is saved with the adapter"
+    env = json.loads((run / "env.json").read_text())
+    assert {"torch", "transformers", "trl", "peft"} <= env["packages"].keys()
+    assert "smoke" in (run / "recipe.toml").read_text()
+    # TensorBoard really logged the training loss.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "logs"))
+    events.Reload()
+    assert len(events.Scalars("train/loss")) >= 5
+
+
+def test_lora_resume_equals_uninterrupted_run(workspace: Path) -> None:
+    run = train()
+    reference = tensors(run / "final" / "adapter_model.safetensors")
+    # Killed mid-epoch 1 right after checkpoint 3; checkpoint 6 was being written (no COMPLETE marker).
+    copy = interrupt_after(run, 6, workspace / "second")
+    (copy / "checkpoints" / "checkpoint-6" / "COMPLETE").unlink()
+    result = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), *sum((["--set", s] for s in SMALL), [])],
+                           env={"VLMTUNE_RUNS_DIR": str(workspace / "second")})
+    assert result.exit_code == 0, result.output
+    assert "skipping incomplete checkpoint" in result.stderr and "checkpoint-6" in result.stderr
+    assert "resuming from" in result.stderr and "checkpoint-3 (step 3" in result.stderr
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["resumed_from"].endswith("checkpoint-3")
+    assert "step 4 · loss" in result.stderr and "step 3 · loss" not in result.stderr, "steps 1-3 ran again"
+    resumed = tensors(copy / "final" / "adapter_model.safetensors")
+    assert_bitwise_equal(resumed, reference)
+    at_checkpoint = tensors(copy / "checkpoints" / "checkpoint-3" / "adapter_model.safetensors")
+    with pytest.raises(AssertionError):
+        assert_bitwise_equal(at_checkpoint, reference)  # training did move the weights after step 3
+
+
+def test_full_fine_tuning_resume_restores_weights_and_frozen_llm_is_untouched(workspace: Path,
+                                                                               cache_dir: Path) -> None:
+    import torch
+
+    run = train(*FULL)
+    reference = tensors(run / "final" / "model.safetensors")
+    copy = interrupt_after(run, 3, workspace / "second")
+    result = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"),
+                                 *sum((["--set", s] for s in (*SMALL, *FULL)), [])],
+                           env={"VLMTUNE_RUNS_DIR": str(workspace / "second")})
+    assert result.exit_code == 0, result.output
+    assert "checkpoint-3 (step 3" in result.stderr
+    assert_bitwise_equal(tensors(copy / "final" / "model.safetensors"), reference)
+
+    base = tensors(cache_dir / "models" / "tiny-qwen2-vl" / "model.safetensors")
+    # Checkpoints keep the legacy key names: `visual.*` is the vision tower and merger, the rest the LLM.
+    trained = [k for k in reference if k.startswith("visual.")]
+    frozen = [k for k in reference if not k.startswith("visual.")]
+    assert frozen and trained
+    assert all(torch.equal(reference[k], base[k]) for k in frozen), "a frozen LLM weight changed"
+    assert all(not torch.equal(reference[k], base[k]) for k in trained if k.endswith("weight")), \
+        "a vision or merger weight did not train"
+
+
+def test_finished_run_and_other_recipe_are_refused_without_overwrite(workspace: Path) -> None:
+    train("training.epochs=1")
+    again = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), *sum((["--set", s] for s in SMALL), []),
+                                "--set", "training.epochs=1"])
+    assert again.exit_code == 2 and "already holds a finished run" in again.stderr
+    other = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), "--set", "training.lr=0.1"])
+    assert other.exit_code == 2 and "holds a run of a different recipe" in other.stderr
+    assert "training.lr" in other.stderr
+    fresh = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), *sum((["--set", s] for s in SMALL), []),
+                                "--set", "training.epochs=1", "--overwrite"])
+    assert fresh.exit_code == 0, fresh.output
+
+
+def test_resume_flag_without_checkpoint_is_a_usage_error(workspace: Path) -> None:
+    result = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), "--resume"])
+    assert result.exit_code == 2
+    assert "no complete checkpoint to resume from" in result.stderr
+
+
+def test_unknown_training_extra_key_is_named(workspace: Path) -> None:
+    result = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), *sum((["--set", s] for s in SMALL), []),
+                                "--set", "training.extra.warmup_ratoi=0.1"])
+    assert result.exit_code == 2
+    assert "training.extra.warmup_ratoi: not an SFTConfig/TrainingArguments field" in result.stderr
