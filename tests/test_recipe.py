@@ -64,7 +64,8 @@ def test_extends_cycle_and_missing_parent_are_errors(tmp_path: Path) -> None:
 
 def test_precedence_parent_child_env_set(tmp_path: Path) -> None:
     write(tmp_path / "parent.toml", "[training]\nlr = 1.0\nepochs = 1\nseed = 1\nbatch_size = 1\n")
-    child = write(tmp_path / "child.toml", 'extends = "parent.toml"\n[training]\nepochs = 2\nseed = 2\nbatch_size = 2\n')
+    child = write(tmp_path / "child.toml",
+                  'extends = "parent.toml"\n[training]\nepochs = 2\nseed = 2\nbatch_size = 2\n')
     env = {"VLMTUNE_TRAINING__SEED": "3", "VLMTUNE_TRAINING__BATCH_SIZE": "3", "VLMTUNE_RUNS_DIR": "ignored"}
     recipe = load_recipe(child, ["training.batch_size=4"], environ=env)
     t = recipe.training
@@ -114,7 +115,8 @@ def test_bad_recipes_name_file_key_and_fix(tmp_path: Path, text: str, overrides:
 def test_error_names_the_parent_file_that_holds_the_typo(tmp_path: Path) -> None:
     write(tmp_path / "parent.toml", "[training]\nwarmup = 3\n")
     child = write(tmp_path / "child.toml", 'extends = "parent.toml"\n')
-    with pytest.raises(RecipeError, match=r"parent\.toml: training\.warmup: unknown key; did you mean training\.warmup_steps\?"):
+    expected = r"parent\.toml: training\.warmup: unknown key; did you mean training\.warmup_steps\?"
+    with pytest.raises(RecipeError, match=expected):
         load_recipe(child, environ={})
 
 

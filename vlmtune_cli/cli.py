@@ -7,6 +7,7 @@ Set VLMTUNE_DEBUG=1 to see the traceback behind an error message.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Annotated, Any
 
 import typer
@@ -62,4 +63,7 @@ app.command("train")(train.train)
 
 
 def main() -> None:
+    if not os.environ.get("VLMTUNE_DEBUG"):
+        # Deprecation notices inside transformers/TRL/PEFT are for their developers, not for our users.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft|accelerate)\.")
     app()

@@ -152,14 +152,17 @@ def write_env(run: RunDir, argv: list[str] | None = None) -> None:
         "platform": platform.platform(),
         "host": platform.node(),
         "packages": versions,
-        "git_commit": _git_commit(),
+        "git_commit": _git_commit(Path.cwd()),
+        "vlmtune_git_commit": _git_commit(Path(__file__).resolve().parent),
     }
     write_atomic(run.path / "env.json", json.dumps(env, indent=2) + "\n")
 
 
-def _git_commit() -> str | None:
+def _git_commit(directory: Path) -> str | None:
+    """The commit checked out where `directory` lies (the workspace, or vlmtune's own source), if any."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
+                             cwd=directory)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
