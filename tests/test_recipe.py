@@ -145,3 +145,10 @@ def test_recipe_diff_lists_changed_keys() -> None:
     diff = recipe_diff(v2, v4)
     assert set(diff) == {"variant", "description", "tuning.vision", "tuning.projector"}
     assert diff["tuning.vision"] == ("lora", "frozen")
+
+
+def test_recipe_reference_is_up_to_date() -> None:
+    from vlmtune_cli.reference import render
+
+    current = (RECIPES.parent / "docs" / "recipes.md").read_text()
+    assert current == render(), "regenerate it: python -m vlmtune_cli.reference > docs/recipes.md"
