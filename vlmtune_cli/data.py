@@ -35,7 +35,8 @@ Splits. A source with both requested splits (a DatasetDict, a parquet folder, a 
 `max_samples` then applies to each, after a seeded shuffle. Any other source is shuffled with `data.seed`,
 cut to `max_samples`, and its first `round(n * split_ratio)` samples train, the rest test; while
 `split_ratio < 1` the test split keeps at least one sample. Samples within a split are in source order.
-Images are decoded only for the samples kept, so a subset of a large set stays cheap.
+Images are decoded only for the samples kept, so a subset of a large set stays cheap; `lazy_splits` builds each
+sample only when it is read, so `vlmtune tokenize` holds one shard in memory whatever the dataset's size.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FunctionType
 from typing import Any
@@ -67,29 +69,83 @@ _TRUE = {"1", "true", "yes", "on"}
 Rows = tuple[int, Callable[[int], dict[str, Any]]]
 
 
-def load_splits(data: DataSection, *, box_format: str, processor=None) -> dict[str, list[dict]]:
-    """Load `data.source` and return `{data.train_split: [...], data.test_split: [...]}`."""
-    if data.train_split == data.test_split:
-        raise UsageError(f"data.train_split and data.test_split are both {data.train_split!r}; name two")
-    source = data.source
-    named = None
+@dataclass(frozen=True)
+class LazySplit:
+    """The samples of one split, each built (images decoded, drawn) only when it is read."""
+
+    indices: list[int]
+    make: Callable[[int], dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        return self.make(self.indices[k])
+
+
+def source_kind(source: str) -> str:
+    """What `data.source` names: "builtin", "plugin", "jsonl", "folder" or "hub" (looks at the disk, loads nothing).
+
+    Raises UsageError for an unknown built-in, a file that is neither .jsonl nor a plugin, or nothing at all.
+    """
     if source.startswith("builtin:"):
         if source not in BUILTIN_DATASETS:
             raise UsageError(f"unknown built-in dataset {source!r}",
                              hint=f"built-in datasets: {', '.join(BUILTIN_DATASETS)}")
-        kind = source.removeprefix("builtin:")
-        rows = (data.num_samples, lambda i: synthetic.make_sample(kind, i, data, box_format, processor))
-    elif re.search(r"\.py:[^/\\]+$", source):
+        return "builtin"
+    if re.search(r"\.py:[^/\\]+$", source):
+        return "plugin"
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix != ".jsonl":
+            raise UsageError(f"data.source {str(path)!r} is a file but not .jsonl or a plugin 'file.py:function'")
+        return "jsonl"
+    if path.is_dir():
+        return "folder"
+    if _HUB_ID.match(source) and not source.endswith((".jsonl", ".json", ".parquet", ".py")):
+        return "hub"
+    raise UsageError(f"data.source {source!r} is not a file, folder, built-in dataset or hub id",
+                     hint=f"built-in datasets: {', '.join(BUILTIN_DATASETS)}")
+
+
+def plugin_file(source: str) -> tuple[Path, str]:
+    """The file and function a plugin source `path/to/file.py:function` names; UsageError if the file is missing."""
+    file, func_name = source.rsplit(":", 1)
+    path = Path(file).expanduser().resolve()
+    if not path.is_file():
+        raise UsageError(f"plugin file {file} does not exist",
+                         hint="data.source = 'path/to/file.py:function', the path relative to where you run")
+    return path, func_name
+
+
+def load_splits(data: DataSection, *, box_format: str, processor=None) -> dict[str, list[dict]]:
+    """Load `data.source` and return `{data.train_split: [...], data.test_split: [...]}`."""
+    return {name: [split[k] for k in range(len(split))]
+            for name, split in lazy_splits(data, box_format=box_format, processor=processor).items()}
+
+
+def lazy_splits(data: DataSection, *, box_format: str, processor=None) -> dict[str, LazySplit]:
+    """Like `load_splits`, but each sample is built when read, so memory does not grow with the dataset.
+
+    Raises UsageError for a source that cannot be read or gives no training sample, VlmtuneError when a hub
+    dataset cannot be reached.
+    """
+    if data.train_split == data.test_split:
+        raise UsageError(f"data.train_split and data.test_split are both {data.train_split!r}; name two")
+    source = data.source
+    named = None
+    kind = source_kind(source)
+    if kind == "builtin":
+        builtin = source.removeprefix("builtin:")
+        rows = (data.num_samples, lambda i: synthetic.make_sample(builtin, i, data, box_format, processor))
+    elif kind == "plugin":
         named = _plugin_splits(data, processor)
-    elif Path(source).expanduser().is_file():
+    elif kind == "jsonl":
         rows = _jsonl_rows(Path(source).expanduser())
-    elif Path(source).expanduser().is_dir():
+    elif kind == "folder":
         rows, named = _pick_splits(_load_folder(Path(source).expanduser(), data), data, source)
-    elif _HUB_ID.match(source) and not source.endswith((".jsonl", ".json", ".parquet", ".py")):
-        rows, named = _pick_splits(_load_hub(data), data, source)
     else:
-        raise UsageError(f"data.source {source!r} is not a file, folder, built-in dataset or hub id",
-                         hint=f"built-in datasets: {', '.join(BUILTIN_DATASETS)}")
+        rows, named = _pick_splits(_load_hub(data), data, source)
 
     if named is not None:
         splits = {split: _subset(rows_, data, salt=split) for split, rows_ in named.items()}
@@ -103,7 +159,7 @@ def load_splits(data: DataSection, *, box_format: str, processor=None) -> dict[s
     if not splits[data.train_split]:
         raise UsageError(f"data.source {source!r} gives no samples for split {data.train_split!r}",
                          hint="check the file or plugin, and data.max_samples / data.split_ratio")
-    return {split: [named[split][1](i) for i in indices] for split, indices in splits.items()}
+    return {split: LazySplit(indices, named[split][1]) for split, indices in splits.items()}
 
 
 def _subset(rows: Rows, data: DataSection, salt: str) -> list[int]:
@@ -206,8 +262,6 @@ def to_sample(row: Any, sample_id: str, where: str, base: Path | None = None) ->
 # --- sources -------------------------------------------------------------------------------------------
 
 def _jsonl_rows(path: Path) -> Rows:
-    if path.suffix != ".jsonl":
-        raise UsageError(f"data.source {str(path)!r} is a file but not .jsonl or a plugin 'file.py:function'")
     rows = []
     with path.open(encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, 1):
@@ -277,11 +331,8 @@ def _pick_splits(ds: Any, data: DataSection, source: str) -> tuple[Rows | None, 
 
 
 def _plugin_splits(data: DataSection, processor: Any) -> dict[str, Rows]:
-    file, func_name = data.source.rsplit(":", 1)
-    path = Path(file).expanduser().resolve()
-    if not path.is_file():
-        raise UsageError(f"plugin file {file} does not exist",
-                         hint="data.source = 'path/to/file.py:function', the path relative to where you run")
+    path, func_name = plugin_file(data.source)
+    file = data.source.rsplit(":", 1)[0]
     spec = importlib.util.spec_from_file_location(f"vlmtune_plugin_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name

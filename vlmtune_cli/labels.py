@@ -112,7 +112,10 @@ class VisionCollator:
             batch["attention_mask"][row, :n] = 1
             batch["labels"][row, :n] = _tensor(sample["labels"])
         for key in sorted({k for s in samples for k in s if k not in ("input_ids", "labels")}):
-            values = [(row, _tensor(s[key])) for row, s in enumerate(samples) if key in s]
+            # A text-only sample has no vision inputs: the key is absent, or None where a dataset row holds it.
+            values = [(row, _tensor(s[key])) for row, s in enumerate(samples) if s.get(key) is not None]
+            if not values:
+                continue
             if values[0][1].dim() == 1:  # per token (Qwen's mm_token_type_ids): pad like input_ids
                 batch[key] = torch.zeros((len(samples), longest), dtype=values[0][1].dtype)
                 for row, value in values:

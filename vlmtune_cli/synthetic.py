@@ -27,6 +27,8 @@ from vlmtune_cli.boxes import GRID, format_boxes, processor_resized_size
 from vlmtune_cli.errors import UsageError
 
 KINDS = ("synthetic-detection", "synthetic-vqa")
+# Part of the tokenised-data cache fingerprint: bump whenever a built-in set draws or words its samples differently.
+DATA_VERSION = 1
 LABEL = "nutrition table"
 DETECT_PROMPTS = (
     "Detect the nutrition table.",

@@ -1,75 +1,383 @@
-"""Encoding whole splits: conversations → model inputs with labels, with a record of what was dropped.
+"""Tokenising a recipe's dataset into the cache (see cache.py for the layout), and serving it to the trainer.
+
+Each sample is encoded once: chat template, processor, labels for `loss_on`. Stored per sample: its id, token ids
+and labels (int32), the processor's small outputs (`image_grid_thw`, `mm_token_type_ids`) and each image resized
+to the model's resolution as raw RGB. `pixel_values` are not stored: the data loader recomputes them, bit-identical,
+with the model's image processor (cached_inputs.py says how, benchmarks/README.md why).
 
 A sample is dropped, never silently mangled, when it is longer than `data.max_length` (and the recipe says
 `overlength = "drop"`) or when it has no trained token under `loss_on` (an all-masked sample would add nothing
 but noise to the loss normalisation). The report says how many and which.
+
+Samples are read lazily and written in shards of at most SHARD_ROWS samples (record batches of BATCH_ROWS), so
+memory stays flat as the dataset grows; large datasets are split over worker processes.
+
+Heavy libraries are imported inside functions; a cache hit imports neither torch nor transformers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import datetime
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from vlmtune_cli.errors import UsageError
-from vlmtune_cli.labels import LabelSpec, Overlength, count_trained, encode_sample
-from vlmtune_cli.schema import DataSection
+from vlmtune_cli import __version__, cache
+from vlmtune_cli.cached_inputs import ModelInputs, probe_layout, processor_outputs
+from vlmtune_cli.errors import UsageError, VlmtuneError
+from vlmtune_cli.labels import LabelSpec, build_labels, count_trained
+from vlmtune_cli.schema import DataSection, Recipe
+from vlmtune_cli.token_stats import LOSS_MODES, SplitReport
+
+SHARD_ROWS = 1024
+BATCH_ROWS = 64
+BATCH_BYTES = 32 << 20
+SAMPLES_PER_WORKER = 400  # below this a worker process costs more than it saves (benchmarks/README.md)
+
+__all__ = ["SplitReport", "TokenizeResult", "open_splits", "read_rows", "tokenize_recipe"]
 
 
 @dataclass
-class SplitReport:
-    split: str
-    kept: int = 0
-    overlength: list[str] = field(default_factory=list)
-    untrained: list[str] = field(default_factory=list)
-    trained_tokens: int = 0
-    total_tokens: int = 0
+class TokenizeResult:
+    path: Path
+    key: str
+    hit: bool
+    seconds: float
+    manifest: dict[str, Any]
+    stats: dict[str, Any]
+    model_path: str
+    miss_reason: str | None = None
 
-    def describe_drops(self) -> str | None:
-        parts = []
-        if self.overlength:
-            parts.append(f"{len(self.overlength)} longer than max_length ({_ids(self.overlength)})")
-        if self.untrained:
-            parts.append(f"{len(self.untrained)} with no trained token ({_ids(self.untrained)})")
-        return f"{self.split}: dropped " + "; ".join(parts) if parts else None
+    def reports(self) -> list[SplitReport]:
+        return [SplitReport.from_summary(name, s) for name, s in self.stats["splits"].items()]
+
+    def describe(self) -> str:
+        how = "cache hit" if self.hit else "built"
+        return f"{self.path} ({how}, {self.seconds:.2f} s)"
 
 
-def encode_split(samples: list[dict[str, Any]], split: str, processor: Any, spec: LabelSpec, data: DataSection,
-                 loss_on: str) -> tuple[list[dict[str, Any]], SplitReport]:
-    """Encode every sample of a split. Raises UsageError for an overlength sample under `overlength = "error"`."""
-    report = SplitReport(split)
-    encoded = []
-    for sample in samples:
-        sample_id = str(sample.get("id", len(encoded)))
+def tokenize_recipe(recipe: Recipe, cache_dir: Path, *, force: bool = False, workers: int = 0,
+                    processor: Any = None, family: Any = None, progress: bool = True) -> TokenizeResult:
+    """Tokenise the recipe's dataset into the cache, or find it there.
+
+    `workers` = 0 picks a number from the dataset size and the cores; 1 encodes in this process. `processor`
+    and `family` may be passed when the caller has them loaded already. Raises UsageError for bad data (a
+    missing or corrupt image, a sample over max_length under `overlength = "error"`, no trainable sample) and
+    VlmtuneError when the work fails otherwise (hub unreachable, a processor whose outputs cannot be cached).
+    """
+    started = time.monotonic()
+    fp = cache.fingerprint(recipe, cache_dir)
+    if not force and (hit := _hit(fp, cache_dir, started)) is not None:
+        return hit
+    reason = None if force else cache.explain_miss(cache_dir, fp.inputs)
+    from vlmtune_cli import models
+
+    if processor is None:
+        processor = models.load_processor(recipe.model, recipe.data, cache_dir)
+    if family is None:
+        family = models.load_family(recipe.model, cache_dir)
+    if not fp.model_resolved:  # loading just fetched it into the hub cache: now its files can be hashed
+        fp = cache.fingerprint(recipe, cache_dir)
+    final = cache.entry_path(cache_dir, fp.key)
+    with cache.locked(cache_dir, fp.key):
+        if not force and (hit := _hit(fp, cache_dir, started)) is not None:
+            return hit  # a concurrent run built it while we waited
+        staging = cache.staging_dir(cache_dir, fp.key)
         try:
-            item = encode_sample(processor, spec, sample, loss_on, data.max_length)
-        except Overlength as exc:
-            if data.overlength == "error":
-                raise UsageError(
-                    f"sample {sample_id} of split {split!r} has {exc.length} tokens, over data.max_length "
-                    f"({data.max_length}); it cannot be cut without cutting into its image tokens",
-                    hint="raise data.max_length, lower data.max_pixels, or set data.overlength = \"drop\"",
-                ) from None
-            report.overlength.append(sample_id)
-            continue
-        trained = count_trained(item["labels"])
-        if trained == 0:
-            report.untrained.append(sample_id)
-            continue
-        report.kept += 1
-        report.trained_tokens += trained
-        report.total_tokens += len(item["labels"])
-        encoded.append(item)
-    return encoded, report
+            manifest, stats = _build(recipe, fp, processor, family, staging, workers, progress)
+            cache.commit(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return TokenizeResult(final, fp.key, False, time.monotonic() - started, manifest, stats, fp.model_path, reason)
 
 
-def _ids(ids: list[str], most: int = 5) -> str:
-    return ", ".join(ids[:most]) + (f", ... {len(ids) - most} more" if len(ids) > most else "")
+def _hit(fp: cache.Fingerprint, cache_dir: Path, started: float) -> TokenizeResult | None:
+    path = cache.entry_path(cache_dir, fp.key)
+    manifest = cache.read_entry(path)
+    if manifest is None:
+        return None
+    stats = json.loads((path / cache.STATS).read_text())
+    return TokenizeResult(path, fp.key, True, time.monotonic() - started, manifest, stats, fp.model_path)
 
 
-def to_dataset(encoded: list[dict[str, Any]]) -> Any:
-    """Encoded samples as a `datasets.Dataset` (what TRL's trainer takes), served as numpy arrays."""
-    import datasets
+# --- building ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    """Everything a worker needs, set before the worker processes fork (so nothing is pickled)."""
+
+    processor: Any
+    spec: LabelSpec
+    data: DataSection
+    loss_on: str
+    layout: dict[str, Any]
+    splits: dict[str, Any]
+    staging: Path
+    counter: Any = None
+    on_sample: Any = None
+
+
+_JOB: _Job | None = None
+
+
+def _build(recipe: Recipe, fp: cache.Fingerprint, processor: Any, family: Any, staging: Path, workers: int,
+           progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    global _JOB
+    from vlmtune_cli.data import lazy_splits
+
+    started = time.monotonic()
+    data = recipe.data
+    spec = LabelSpec.for_family(processor.tokenizer, family)
+    layout = probe_layout(processor)
+    splits = lazy_splits(data, box_format=family.box_format, processor=processor)
+    names = [data.train_split, data.test_split]
+    total = sum(len(splits[n]) for n in names)
+    workers = workers or _auto_workers(total)
+    per_shard = max(BATCH_ROWS, min(SHARD_ROWS, math.ceil(total / (workers * 4))))
+    tasks = [(name, i // per_shard, i, min(i + per_shard, len(splits[name])))
+             for name in names for i in range(0, len(splits[name]), per_shard)]
+    workers = max(1, min(workers, len(tasks)))
+    _JOB = _Job(processor, spec, data, recipe.tuning.loss_on, layout, splits, staging)
+    try:
+        results = _run(tasks, total, workers, progress)
+    finally:
+        _JOB = None
+
+    reports = {name: SplitReport(name) for name in names}
+    shards: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for name, file, rows, report in sorted(results, key=lambda r: (names.index(r[0]), r[1])):
+        reports[name].merge(report)
+        if rows:
+            shards[name].append({"file": file, "rows": rows})
+    train = reports[data.train_split]
+    if not train.kept:
+        drops = f" ({train.describe_drops()})" if train.describe_drops() else ""
+        raise UsageError(f"split {data.train_split!r} of {data.source} has no trainable sample{drops}",
+                         hint="check data.source, data.max_samples, data.max_length and tuning.loss_on")
+    stats = {
+        "fingerprint": fp.key, "source": data.source, "loss_on": recipe.tuning.loss_on,
+        "max_length": data.max_length, "train_split": data.train_split, "test_split": data.test_split,
+        "splits": {name: reports[name].summary(data.max_length) for name in names},
+        "build_seconds": round(time.monotonic() - started, 2), "workers": workers,
+    }
+    manifest = {
+        "code_version": cache.CODE_VERSION, "fingerprint": fp.key, "vlmtune": __version__,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "inputs": fp.inputs, "model_path": fp.model_path,
+        "images": layout["images"], "ids_without_pixels": layout["expand"], "extras": layout["extras"],
+        "image_token_id": layout["image_token_id"],
+        "label_spec": {"image_ids": sorted(spec.image_ids), "header_ids": list(spec.header_ids),
+                       "end_id": spec.end_id, "pad_id": spec.pad_id},
+        "splits": {name: {"rows": reports[name].kept, "shards": shards[name]} for name in names},
+    }
+    cache.write_json(staging / cache.STATS, stats)
+    cache.write_json(staging / cache.MANIFEST, manifest)  # last: its presence is what "complete" means
+    return manifest, stats
+
+
+def _auto_workers(total: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 8, total // SAMPLES_PER_WORKER))
+
+
+def _run(tasks: list[tuple], total: int, workers: int, progress: bool) -> list[tuple]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    from vlmtune_cli.console import err_console
+
+    bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
+                   disable=not progress or not err_console.is_terminal)
+    with bar:
+        task = bar.add_task(f"tokenizing ({workers} worker{'s' * (workers > 1)})", total=total)
+        if workers == 1:
+            _JOB.on_sample = lambda: bar.advance(task)
+            return [_run_shard(t) for t in tasks]
+        import multiprocessing
+
+        # fork: the workers inherit the loaded processor and the sources (plugin modules, open datasets).
+        context = multiprocessing.get_context("fork")
+        _JOB.counter = context.Value("q", 0)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no warning about a fork after tokenising
+        with context.Pool(workers) as pool:
+            pending = pool.map_async(_run_shard, tasks, chunksize=1)
+            while not pending.ready():
+                pending.wait(0.2)
+                bar.update(task, completed=_JOB.counter.value)
+            return pending.get()
+
+
+def _run_shard(task: tuple) -> tuple[str, str, int, SplitReport]:
+    """Encode samples [start, end) of a split into one shard file; returns (split, file, rows, report)."""
+    name, number, start, end = task
+    job = _JOB
+    # Shards sit under the split's role, not its name: a split name need not be a valid directory name.
+    file = f"{'train' if name == job.data.train_split else 'test'}/{number:05d}.arrow"
+    (job.staging / file).parent.mkdir(parents=True, exist_ok=True)
+    report = SplitReport(name)
+    with _ShardWriter(job.staging / file, job.layout) as writer:
+        for k in range(start, end):
+            row = _encode(job, job.splits[name][k], name, report)
+            if row is not None:
+                writer.add(row)
+            if job.counter is not None:
+                with job.counter.get_lock():
+                    job.counter.value += 1
+            elif job.on_sample is not None:
+                job.on_sample()
+    return name, file, writer.rows, report
+
+
+def _encode(job: _Job, sample: dict[str, Any], split: str, report: SplitReport) -> dict[str, Any] | None:
+    """One conversation → a cache row (None when dropped), with the same ids and labels as `encode_sample`."""
     import numpy as np
 
-    rows = [{key: np.asarray(value) for key, value in item.items()} for item in encoded]
-    return datasets.Dataset.from_list(rows).with_format("numpy")
+    sample_id = str(sample.get("id", f"{split}-{len(report.lengths)}"))
+    layout, processor = job.layout, job.processor
+    try:
+        text = processor.apply_chat_template(sample["messages"], tokenize=False, add_generation_prompt=False)
+        encoded, images = processor_outputs(processor, text, sample.get("images") or [], layout)
+    except Exception as exc:
+        raise UsageError(f"sample {sample_id} of split {split!r}: the processor failed: {type(exc).__name__}: {exc}"
+                         ) from exc
+    ids = encoded["input_ids"][0].tolist()
+    report.lengths.append(len(ids))
+    report.visual_tokens += _visual_tokens(encoded, ids, len(images), layout)
+    if len(ids) > job.data.max_length:
+        if job.data.overlength == "error":
+            raise UsageError(
+                f"sample {sample_id} of split {split!r} has {len(ids)} tokens, over data.max_length "
+                f"({job.data.max_length}); it cannot be cut without cutting into its image tokens",
+                hint="raise data.max_length, lower data.max_pixels, or set data.overlength = \"drop\"",
+            )
+        report.overlength.append(sample_id)
+        return None
+    labels = build_labels(ids, job.loss_on, job.spec)  # type: ignore[arg-type]
+    trained = count_trained(labels)
+    if trained == 0:
+        report.untrained.append(sample_id)
+        return None
+    report.kept += 1
+    report.total_tokens += len(ids)
+    report.trained_tokens += trained
+    for mode in LOSS_MODES:
+        n = trained if mode == job.loss_on else count_trained(build_labels(ids, mode, job.spec))  # type: ignore
+        report.trained_by_mode[mode] = report.trained_by_mode.get(mode, 0) + n
+    row: dict[str, Any] = {"id": sample_id, "input_ids": ids, "labels": labels,
+                           "images": [image.tobytes() for image in images],
+                           "image_sizes": [list(image.size) for image in images]}
+    for key, (per_token, ndim, _) in layout["extras"].items():
+        value = encoded.get(key)
+        if value is not None:
+            value = np.asarray(value)[0] if per_token else np.asarray(value)
+            if value.ndim != ndim:
+                raise VlmtuneError(f"sample {sample_id}: the processor's {key!r} has {value.ndim} dimensions "
+                                   f"here but {ndim} in the probe")
+            value = value.tolist()
+        row[key] = value
+    return row
+
+
+def _visual_tokens(encoded: dict[str, Any], ids: list[int], n_images: int, layout: dict[str, Any]) -> list[int]:
+    if not n_images:
+        return []
+    grid = encoded.get("image_grid_thw")
+    if grid is not None and len(grid) == n_images:
+        return [int(t * h * w) // layout["merge"] ** 2 for t, h, w in grid.tolist()]
+    pads = sum(1 for t in ids if t == layout["image_token_id"])
+    return [pads // n_images] * n_images
+
+
+class _ShardWriter:
+    """Rows → an Arrow IPC stream file, flushed every BATCH_ROWS rows or BATCH_BYTES of images."""
+
+    def __init__(self, path: Path, layout: dict[str, Any]):
+        import pyarrow as pa
+
+        self.pa, self.path, self.rows = pa, path, 0
+        self.schema = _schema(layout)
+        self.buffer: list[dict[str, Any]] = []
+        self.bytes = 0
+        self.writer = None
+
+    def __enter__(self) -> _ShardWriter:
+        return self
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.buffer.append(row)
+        self.bytes += sum(len(b) for b in row["images"])
+        if len(self.buffer) >= BATCH_ROWS or self.bytes >= BATCH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        if self.writer is None:
+            self.writer = self.pa.ipc.new_stream(str(self.path), self.schema)
+        columns = {name: [row[name] for row in self.buffer] for name in self.schema.names}
+        self.writer.write_batch(self.pa.RecordBatch.from_pydict(columns, schema=self.schema))
+        self.rows += len(self.buffer)
+        self.buffer, self.bytes = [], 0
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.flush()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _schema(layout: dict[str, Any]) -> Any:
+    import numpy as np
+    import pyarrow as pa
+
+    fields = [pa.field("id", pa.string()), pa.field("input_ids", pa.list_(pa.int32())),
+              pa.field("labels", pa.list_(pa.int32())), pa.field("images", pa.list_(pa.binary())),
+              pa.field("image_sizes", pa.list_(pa.list_(pa.int32())))]
+    for key, (_, ndim, dtype) in layout["extras"].items():
+        kind = pa.from_numpy_dtype(np.dtype(dtype))
+        for _ in range(ndim):
+            kind = pa.list_(kind)
+        fields.append(pa.field(key, kind))
+    return pa.schema(fields)
+
+
+# --- reading -------------------------------------------------------------------------------------------
+
+
+def open_splits(result: TokenizeResult, processor: Any) -> tuple[Any, Any]:
+    """(train, test) of a cache entry as memory-mapped `datasets.Dataset`s serving model inputs; test may be None."""
+    import datasets
+
+    opened = []
+    for name in (result.stats["train_split"], result.stats["test_split"]):
+        shards = result.manifest["splits"][name]["shards"]
+        if not shards:
+            opened.append(None)
+            continue
+        parts = [datasets.Dataset.from_file(str(result.path / shard["file"])) for shard in shards]
+        dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+        opened.append(dataset.with_transform(ModelInputs(processor.image_processor, result.manifest["extras"])))
+    return opened[0], opened[1]
+
+
+def read_rows(result: TokenizeResult, n: int, columns: tuple[str, ...] = ("id", "input_ids", "labels")
+              ) -> list[dict[str, Any]]:
+    """The first `n` cached samples (train split first), as plain lists; needs pyarrow only."""
+    import pyarrow as pa
+
+    rows: list[dict[str, Any]] = []
+    for name in (result.stats["train_split"], result.stats["test_split"]):
+        for shard in result.manifest["splits"][name]["shards"]:
+            with pa.memory_map(str(result.path / shard["file"])) as source:
+                for batch in pa.ipc.open_stream(source):
+                    for row in batch.select(list(columns)).to_pylist():
+                        if len(rows) >= n:
+                            return rows
+                        rows.append({"split": name, **row})
+    return rows
