@@ -65,9 +65,11 @@ def _import_object(spec: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-def load_processor(model_section: ModelSection, data_section: DataSection, cache_dir: Path):
+def load_processor(model_section: ModelSection, data_section: DataSection, cache_dir: Path, *,
+                   from_dir: Path | None = None):
     """The model's processor (tokenizer + image processor + chat template), with the recipe's pixel bounds.
 
+    `from_dir` loads the processor a run saved (its final/ or a checkpoint) instead of the model's own.
     Where `AutoProcessor` fails (Qwen2-VL without torchvision), falls back to the family's image-only
     processor. Raises UsageError for a model that cannot be found or pixel bounds the processor cannot take,
     VlmtuneError if no processor loads.
@@ -83,6 +85,8 @@ def load_processor(model_section: ModelSection, data_section: DataSection, cache
     except OSError as error:
         raise _not_found(model_section, path, error) from error
     qwen2_vl_processor.register()
+    if from_dir is not None:
+        path = str(from_dir)
     try:
         processor = AutoProcessor.from_pretrained(path, **kwargs)
     except Exception as error:
@@ -186,6 +190,27 @@ def load_model(model_section: ModelSection, cache_dir: Path, *, dtype: str | Non
         raise _not_found(model_section, path, error) from error
     except ValueError as error:
         raise UsageError(f"cannot load model.name = {model_section.name!r}: {error}") from error
+
+
+def load_trained_model(model_section: ModelSection, weights_dir: Path, cache_dir: Path, *, dtype: str | None = None):
+    """The weights a run saved in `weights_dir` (its final/ or a checkpoint), ready for inference.
+
+    A PEFT adapter is put on the recipe's base model and merged into it (unless the base is quantised); a
+    directory without one holds a whole model (full fine-tuning) and is loaded as such. Raises what
+    `load_model` raises, and VlmtuneError when the adapter does not fit the base model.
+    """
+    weights_dir = Path(weights_dir)
+    if not (weights_dir / "adapter_config.json").is_file():
+        return load_model(model_section.model_copy(update={"name": str(weights_dir), "revision": None}),
+                          cache_dir, dtype=dtype)
+    from peft import PeftModel
+
+    base = load_model(model_section, cache_dir, dtype=dtype)
+    try:
+        model = PeftModel.from_pretrained(base, weights_dir)
+    except (ValueError, KeyError, RuntimeError) as error:
+        raise VlmtuneError(f"cannot put the adapter in {weights_dir} on {model_section.name!r}: {error}") from error
+    return model.merge_and_unload() if model_section.quantization == "none" else model
 
 
 def _unwrap(model):

@@ -1,0 +1,220 @@
+"""Showing benchmark results: the terminal table, the comparison report, and its pictures.
+
+Several runs give one table, a row per run, the best value of each column marked (highest, except the
+parse-failure rate: lowest). `write_report` puts `report.md` into `<runs_dir>/benchmark-report/` (replaced on
+every comparison) with that table, each run's training loss curve and a few test images with the predicted
+boxes in red and the true boxes in green.
+
+Pictures are drawn with Pillow, already a dependency: a loss curve is a polyline with two axes, which does
+not justify matplotlib and its half-dozen compiled dependencies in every training environment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from vlmtune_cli.metrics import DETECTION_METRICS, LOWER_IS_BETTER, VQA_METRICS
+from vlmtune_cli.runs import write_atomic
+
+REPORT_DIR = "benchmark-report"
+HEADERS = {
+    "samples": "n", "mean_iou": "mean IoU", "precision": "P@.5", "recall": "R@.5", "f1": "F1@.5",
+    "accuracy_50": "acc@.5", "map_50": "mAP@.5", "map_50_95": "mAP@.5:.95", "parse_failure_rate": "parse fail",
+    "exact_match": "exact match", "relaxed_match": "relaxed match",
+}
+PRED_COLOUR, TRUE_COLOUR = (220, 20, 20), (20, 170, 40)
+
+
+def columns(results: Sequence[Any]) -> list[str]:
+    """Metric keys to show: the tasks' metrics that at least one result has a value for."""
+    keys = [k for k in (*DETECTION_METRICS, *VQA_METRICS) if any(r.metrics.get(k) is not None for r in results)]
+    return ["samples", *keys]
+
+
+def best_values(results: Sequence[Any], keys: Sequence[str]) -> dict[str, float]:
+    """The best value of each metric column that tells the results apart (none for a single result)."""
+    if len(results) < 2:
+        return {}
+    best = {}
+    for key in keys:
+        if key == "samples":
+            continue
+        values = [r.metrics[key] for r in results if r.metrics.get(key) is not None]
+        if len(set(values)) > 1:  # a column where every run ties has no best to point at
+            best[key] = min(values) if key in LOWER_IS_BETTER else max(values)
+    return best
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _is_best(result: Any, key: str, best: dict[str, float]) -> bool:
+    return key in best and result.metrics.get(key) is not None and math.isclose(result.metrics[key], best[key])
+
+
+def table(results: Sequence[Any]) -> Any:
+    """A rich Table: one row per result, best values in bold green with a `*`."""
+    from rich import box
+    from rich.table import Table
+
+    keys = columns(results)
+    best = best_values(results, keys)
+    sizes = {r.metrics.get("samples") for r in results}
+    if len(sizes) == 1:  # the same for every run: say it once, keep the width for the metrics
+        keys.remove("samples")
+    title = f"benchmark · {results[0].record['split']} split" + (f" · {sizes.pop()} samples" if len(sizes) == 1
+                                                                  else "")
+    # Compact, two-line headers: nine metric columns and a run name fit an 80-column terminal.
+    view = Table(title=title, title_justify="left", caption="* best in its column" if best else None,
+                 caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    view.add_column("run", overflow="fold", min_width=min(14, max(len(r.target.name) for r in results)))
+    for key in keys:
+        view.add_column(HEADERS.get(key, key).replace(" ", "\n", 1).replace("@", "\n@", 1)
+                        if " " not in HEADERS.get(key, key) else HEADERS.get(key, key).replace(" ", "\n", 1),
+                        justify="right", no_wrap=True)
+    for result in results:
+        cells = [result.target.name]
+        for key in keys:
+            text = _cell(result.metrics.get(key))
+            cells.append(f"[bold green]{text}*[/]" if _is_best(result, key, best) else text)
+        view.add_row(*cells)
+    return view
+
+
+def markdown_table(results: Sequence[Any]) -> str:
+    """The same table in Markdown, best values in bold."""
+    keys = columns(results)
+    best = best_values(results, keys)
+    lines = ["| run | " + " | ".join(HEADERS.get(k, k) for k in keys) + " |",
+             "| --- | " + " | ".join("---:" for _ in keys) + " |"]
+    for result in results:
+        cells = [f"**{_cell(result.metrics.get(k))}**" if _is_best(result, k, best) else _cell(result.metrics.get(k))
+                 for k in keys]
+        lines.append(f"| {result.target.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def as_json(results: Sequence[Any], report: Path | None) -> str:
+    """One JSON object for scripts: every run's metrics.json content, the best values, the report's path."""
+    best = best_values(results, columns(results))
+    return json.dumps({"runs": [r.record for r in results], "best": best,
+                       "report": str(report) if report else None}, indent=2)
+
+
+# --- report.md -------------------------------------------------------------------------------------------
+
+
+def write_report(results: Sequence[Any], directory: Path) -> Path:
+    """Write report.md and its pictures into `directory` (replacing an older report); return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.png"):
+        old.unlink()
+    split = results[0].record["split"] if results else "?"
+    lines = [f"# Benchmark report ({datetime.now():%Y-%m-%d %H:%M})", "",
+             f"Split `{split}`; predicted boxes red, true boxes green. Best value per column in bold "
+             "(parse fail: lowest).", "", markdown_table(results)]
+    for index, result in enumerate(results):
+        slug = f"{index + 1}-" + re.sub(r"[^A-Za-z0-9._-]+", "_", result.target.name).strip("_")
+        lines += [f"## {result.target.name}", "",
+                  f"`{result.record['model']}`, {result.target.checkpoint}; results in "
+                  f"`{result.target.metrics_file}`.", ""]
+        history = _loss_history(result.target)
+        if history:
+            draw_loss_curve(history, directory / f"{slug}-loss.png", title=f"{result.target.name}: training loss")
+            lines += [f"![training loss]({slug}-loss.png)", ""]
+        for k, example in enumerate(result.examples):
+            if "image" in example:
+                name = f"{slug}-boxes-{k + 1}.png"
+                draw_boxes(example["image"], example["pred"], example["truth"], directory / name)
+                lines.append(f"![{example['id']}]({name})")
+            else:
+                lines.append(f"- {example['id']}: {example['question']!r} → `{example['output']}` "
+                             f"(answer `{example['answer']}`)")
+        lines.append("")
+    path = directory / "report.md"
+    write_atomic(path, "\n".join(lines))
+    return path
+
+
+def _loss_history(target: Any) -> list[tuple[float, float, str]]:
+    """(step, loss, "train" | "eval") from the run's summary.json; empty for the base model or no summary."""
+    if target.checkpoint == "base":
+        return []
+    try:
+        history = json.loads((target.run_dir / "summary.json").read_text()).get("log_history", [])
+    except (OSError, ValueError):
+        return []
+    points = []
+    for entry in history:
+        for key, kind in (("loss", "train"), ("eval_loss", "eval")):
+            value = entry.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value) and "step" in entry:
+                points.append((float(entry["step"]), float(value), kind))
+    return points
+
+
+def draw_loss_curve(points: list[tuple[float, float, str]], path: Path, title: str = "training loss",
+                    size: tuple[int, int] = (640, 360)) -> None:
+    """A line chart of loss against step: training loss blue, evaluation loss orange."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    width, height = size
+    left, right, top, bottom = 64, 16, 32, 40
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=12)
+    steps = [p[0] for p in points]
+    losses = [p[1] for p in points]
+    x0, x1 = min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1
+    y0, y1 = min(losses), max(losses) if max(losses) > min(losses) else min(losses) + 1
+    pad = (y1 - y0) * 0.05
+    y0, y1 = y0 - pad, y1 + pad
+
+    def at(step: float, loss: float) -> tuple[float, float]:
+        return (left + (step - x0) / (x1 - x0) * (width - left - right),
+                height - bottom - (loss - y0) / (y1 - y0) * (height - top - bottom))
+
+    for i in range(5):
+        loss = y0 + (y1 - y0) * i / 4
+        y = at(x0, loss)[1]
+        draw.line((left, y, width - right, y), fill=(230, 230, 230))
+        draw.text((4, y - 6), f"{loss:.3g}", fill="black", font=font)
+        step = x0 + (x1 - x0) * i / 4
+        x = at(step, y0)[0]
+        draw.text((x - 8, height - bottom + 4), f"{step:.0f}", fill="black", font=font)
+    draw.rectangle((left, top, width - right, height - bottom), outline=(80, 80, 80))
+    draw.text((width // 2 - 12, height - 18), "step", fill="black", font=font)
+    draw.text((left, 8), title, fill="black", font=font)
+    for kind, colour in (("train", (31, 119, 180)), ("eval", (255, 127, 14))):
+        line = [at(s, v) for s, v, k in points if k == kind]
+        if len(line) > 1:
+            draw.line(line, fill=colour, width=2)
+        for x, y in line:
+            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+        if line:
+            legend_x = width - right - (110 if kind == "train" else 50)
+            draw.text((legend_x, 8), kind, fill=colour, font=font)
+    image.save(path)
+
+
+def draw_boxes(image: Any, predicted: Sequence[Sequence[float]], true: Sequence[Sequence[float]], path: Path,
+               min_side: int = 400) -> None:
+    """The image with true boxes in green and predicted boxes in red, enlarged so small images stay legible."""
+    from PIL import Image, ImageDraw
+
+    scale = max(1, math.ceil(min_side / max(1, min(image.size))))
+    canvas = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(canvas)
+    for boxes, colour in ((true, TRUE_COLOUR), (predicted, PRED_COLOUR)):
+        for box in boxes:
+            draw.rectangle([v * scale for v in box], outline=colour, width=3)
+    canvas.save(path)
