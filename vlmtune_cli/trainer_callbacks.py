@@ -50,3 +50,48 @@ class QuietLogLines(ProgressCallback):
         parts = [f"{key} {logs[key]:.4g}" for key in self._SHOWN if isinstance(logs.get(key), float | int)]
         if parts:
             self.training_bar.write(f"step {state.global_step} · " + " · ".join(parts), file=sys.stderr)
+
+
+# --- stopping with a checkpoint on request (SLURM's time-limit / preemption signal) ----------------
+
+_stop = {"requested": False}
+
+
+def request_stop() -> None:
+    """Ask the running trainer to save a checkpoint and stop at the end of the current step.
+
+    Safe to call from a signal handler: it only sets a flag, which `StopOnRequest` reads between steps.
+    """
+    _stop["requested"] = True
+
+
+def stop_requested() -> bool:
+    return _stop["requested"]
+
+
+def clear_stop_request() -> None:
+    _stop["requested"] = False
+
+
+class StopOnRequest(TrainerCallback):
+    """After a `request_stop()`, saves a checkpoint at the end of the current optimiser step and stops.
+
+    Under torch.distributed the ranks agree first (a MAX all-reduce of the flag each step), so every rank stops
+    at the same step even when the signal reached them at different moments.
+    """
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        requested = stop_requested()
+        if args.world_size > 1:
+            import torch
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                flag = torch.tensor([1.0 if requested else 0.0], device=args.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                requested = bool(flag.item())
+        if requested:
+            _stop["requested"] = True
+            control.should_save = True
+            control.should_training_stop = True
+        return control

@@ -1,0 +1,205 @@
+"""Job chains for real: `chain run` here, and `submit` / `chain status|resume|cancel` on a real SLURM cluster
+(the local one from scripts/local-slurm.sh; tests marked `slurm` skip without it). Every chain must give the
+same final weights, bitwise, as one uninterrupted `vlmtune train` planned for the same total epochs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vlmtune_cli.cli import app
+
+from .conftest import RECIPES
+from .slurm_cluster import requires_slurm, sacct_state
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+slurm = [pytest.mark.slurm, requires_slurm]
+
+# 24 samples → 19 train → 5 steps per epoch at batch 4; 1 epoch per link; a checkpoint every 3 steps.
+TINY = ["data.num_samples=24", "data.max_samples=24", "chain.epochs_per_job=1", "training.save_steps=3",
+        "training.save_total_limit=20", "training.eval_steps=100", "training.logging_steps=1"]
+JOBS = 3
+_results: dict[str, dict] = {}
+
+
+def sets(*items: str) -> list[str]:
+    return sum((["--set", s] for s in (*TINY, *items)), [])
+
+
+def adapter(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run / "final" / "adapter_model.safetensors")
+
+
+def assert_bitwise_equal(a: dict, b: dict) -> None:
+    import torch
+
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict:
+    """One uninterrupted `vlmtune train` of the chain's effective recipe (training.epochs = 3 × 1)."""
+    runs = tmp_path_factory.mktemp("reference")
+    result = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), *sets(f"training.epochs={JOBS}")],
+                           env={"VLMTUNE_RUNS_DIR": str(runs), "VLMTUNE_CACHE_DIR": str(cache_dir),
+                                "HF_HUB_OFFLINE": "1"})
+    assert result.exit_code == 0, result.output
+    return adapter(runs / "smoke")
+
+
+def status(run: Path) -> dict:
+    result = runner.invoke(app, ["chain", "status", str(run), "--json"])
+    if result.exit_code != 0 and result.exc_info and not isinstance(result.exception, SystemExit):
+        import traceback
+
+        pytest.fail("".join(traceback.format_exception(*result.exc_info)))
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def wait_finished(run: Path, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = status(run)
+        if state["finished"]:
+            return state
+        if not any(link["active"] for link in state["links"]) and not state["finished"]:
+            time.sleep(3)  # a requeue or the final save may be between two states
+            state = status(run)
+            if not state["finished"] and not any(link["active"] for link in state["links"]):
+                pytest.fail(f"chain stopped unfinished: {json.dumps(state, indent=1)}")
+        time.sleep(1)
+    pytest.fail(f"chain not finished after {timeout} s: {json.dumps(status(run), indent=1)}")
+
+
+def submit(*args: str) -> list[str]:
+    result = runner.invoke(app, ["submit", str(RECIPES / "smoke.toml"), "--chain", str(JOBS), *sets(), *args,
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["job_ids"]
+
+
+# --- 1. a chain of 3 equals the uninterrupted run --------------------------------------------------
+
+
+@pytest.mark.parametrize("_", [None], ids=["lora"])
+@pytest.mark.slurm
+@requires_slurm
+def test_submitted_chain_of_three_equals_uninterrupted_run(workspace: Path, reference: dict, _: None) -> None:
+    job_ids = submit()
+    run = workspace / "runs" / "smoke"
+    manifest = json.loads((run / "chain.json").read_text())
+    assert [link["job_id"] for link in manifest["links"]] == job_ids and manifest["total_epochs"] == JOBS
+    assert "epochs = 3" in (run / "recipe.toml").read_text()
+    state = wait_finished(run)
+    assert [link["state"] for link in state["links"]] == ["COMPLETED"] * JOBS
+    records = [json.loads((run / "chain-links" / f"link-{k}.json").read_text()) for k in (1, 2, 3)]
+    assert [(r["epoch_start"], r["epoch_end"]) for r in records] == [(0, 1), (1, 2), (2, 3)]
+    assert [r["job_id"] for r in records] == job_ids
+    starts = [r["started"] for r in records]
+    ends = [r["ended"] for r in records]
+    assert ends[0] <= starts[1] and ends[1] <= starts[2], "links ran in order"
+    deadline = time.monotonic() + 30  # the last job still exits after final/ is written
+    while any(sacct_state(j) not in ("COMPLETED", "") for j in job_ids) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert [sacct_state(j) for j in job_ids] in (["COMPLETED"] * JOBS, [""] * JOBS)
+    weights = adapter(run)
+    assert_bitwise_equal(weights, reference)
+    _results["slurm_chain"] = weights
+    again = runner.invoke(app, ["submit", str(RECIPES / "smoke.toml"), "--chain", str(JOBS), *sets()])
+    assert again.exit_code == 2 and "already has a chain" in again.stderr
+
+
+# --- 3. cancelling link 2 --------------------------------------------------------------------------
+
+
+@pytest.mark.slurm
+@requires_slurm
+def test_cancelled_link_stops_the_chain_and_resume_finishes_it(workspace: Path, reference: dict) -> None:
+    job_ids = submit()
+    run = workspace / "runs" / "smoke"
+    subprocess.run(["scancel", job_ids[1]], check=True, timeout=10)
+    started = time.monotonic()
+    while True:
+        links = status(run)["links"]
+        if links[1]["state"] == "CANCELLED" and links[2]["state"] == "CANCELLED":
+            break
+        assert time.monotonic() - started < 15, links
+        time.sleep(0.5)
+    assert not (run / "chain-links" / "link-3.json").exists(), "link 3 must not run"
+    table = runner.invoke(app, ["chain", "status", str(run)])
+    assert table.exit_code == 0 and "CANCELLED" in table.stdout
+    resumed = runner.invoke(app, ["chain", "resume", str(run)])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resubmitted 2 links" in resumed.stdout
+    manifest = json.loads((run / "chain.json").read_text())
+    assert manifest["links"][0]["job_id"] == job_ids[0]
+    assert [len(link["submissions"]) for link in manifest["links"]] == [1, 2, 2]
+    state = wait_finished(run)
+    assert [link["state"] for link in state["links"]] == ["COMPLETED"] * JOBS
+    assert_bitwise_equal(adapter(run), reference)
+    nothing = runner.invoke(app, ["chain", "resume", str(run)])
+    assert nothing.exit_code == 0 and "nothing to resume" in nothing.stdout
+
+
+# --- 5. `chain run` here ---------------------------------------------------------------------------
+
+
+def test_chain_run_here_equals_uninterrupted_and_submitted_chain(workspace: Path, reference: dict) -> None:
+    result = runner.invoke(app, ["chain", "run", str(RECIPES / "smoke.toml"), "--jobs", str(JOBS), *sets()])
+    assert result.exit_code == 0, result.output
+    run = workspace / "runs" / "smoke"
+    assert "step 6 · loss" in result.stderr and "resuming from" in result.stderr
+    weights = adapter(run)
+    assert_bitwise_equal(weights, reference)
+    if "slurm_chain" in _results:  # the SLURM chain of test 1, when it ran in this session
+        assert_bitwise_equal(weights, _results["slurm_chain"])
+    state = status(run)
+    assert state["backend"] == "local" and [link["state"] for link in state["links"]] == ["COMPLETED"] * JOBS
+    again = runner.invoke(app, ["chain", "run", str(RECIPES / "smoke.toml"), "--jobs", str(JOBS), *sets()])
+    assert again.exit_code == 0, again.output  # every link already trained: nothing to do
+
+
+# --- bad input SLURM answers ----------------------------------------------------------------------
+
+
+@pytest.mark.slurm
+@requires_slurm
+def test_slurm_refusals_are_passed_on_and_recorded(workspace: Path) -> None:
+    bad = runner.invoke(app, ["submit", str(RECIPES / "smoke.toml"), "--partition", "nope"])
+    assert bad.exit_code == 2, bad.output
+    assert "invalid partition" in bad.stderr.lower() and "Traceback" not in bad.output
+    manifest = json.loads((workspace / "runs" / "smoke" / "chain.json").read_text())
+    assert manifest["links"][0]["error"] and manifest["links"][0]["job_id"] is None
+    gpus = runner.invoke(app, ["submit", str(RECIPES / "smoke.toml"), "--gpus-per-node", "1"])
+    assert gpus.exit_code == 2, gpus.output
+    assert "generic resource" in gpus.stderr.lower() and "slurm.gpus_per_node" in gpus.stderr
+
+
+# --- 4. two tasks: DDP over gloo ------------------------------------------------------------------
+
+
+@pytest.mark.slurm
+@requires_slurm
+def test_two_task_job_trains_with_ddp_into_one_checkpoint(workspace: Path) -> None:
+    result = runner.invoke(app, ["submit", str(RECIPES / "smoke.toml"), "--chain", "1", *sets(
+        "slurm.extra.ntasks_per_node=2", "slurm.cpus_per_task=1", "training.save_steps=100"), "--json"])
+    assert result.exit_code == 0, result.output
+    run = workspace / "runs" / "smoke"
+    wait_finished(run, timeout=180)
+    record = json.loads((run / "chain-links" / "link-1.json").read_text())
+    assert record["world_size"] == 2
+    state = json.loads((run / "summary.json").read_text())
+    assert state["global_step"] == 3, "19 samples at 2 × batch 4 per step: 3 steps, not 5"
+    checkpoints = sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-3"] and (run / "checkpoints" / "checkpoint-3" / "COMPLETE").is_file()
+    assert (run / "final" / "COMPLETE").is_file() and not (run / "final.partial").exists()

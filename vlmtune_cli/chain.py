@@ -1,0 +1,375 @@
+"""Job chains: the plan, the manifest, what each link did, and status / resume / cancel / run-here.
+
+A chain of N links with `chain.epochs_per_job` = E plans N × E epochs: its effective recipe sets
+`training.epochs = N × E` and `chain.total_jobs = N` (so the run directory's recipe.toml says so, and the LR
+schedule is planned for the whole chain from the first step). Link k (1-based) trains until epoch k × E,
+resuming from the newest complete checkpoint, and ends with a checkpoint; the last link runs to the end and
+saves final/. The result equals one `vlmtune train` of the effective recipe, bitwise on CPU.
+
+The manifest (`chain.json`) and the per-link records (`chain-links/link-K.json`) are described in
+chain_records.py.
+
+A submission that fails halfway leaves the manifest with the links that were submitted (job ids) and the
+error of the one that was not; `chain resume` submits the rest.
+
+Link states (`chain_status`) combine the manifest, SLURM (`sacct` and `squeue`, each with a 10 s timeout:
+never submitit's `job.result()`, which blocks forever on a cancelled job without accounting) and the run
+directory: a link whose record says done, or whose stop epoch the newest complete checkpoint has reached, is
+COMPLETED whatever SLURM says or does not say.
+"""
+
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlmtune_cli.chain_records import (
+    MANIFEST,
+    link_trained,
+    manifest_path,
+    new_manifest,
+    now,
+    read_link_record,
+    read_manifest,
+    trained_epochs,
+    write_link_record,
+    write_manifest,
+)
+from vlmtune_cli.errors import UsageError, VlmtuneError
+from vlmtune_cli.recipe import validate
+from vlmtune_cli.runs import RunDir, prepare_run_dir, run_dir_for
+from vlmtune_cli.schema import Recipe
+from vlmtune_cli.settings import Settings
+
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+          "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
+_SLURM_TIMEOUT_S = 10
+
+
+
+# --- the plan ------------------------------------------------------------------------------------
+
+
+def plan(recipe: Recipe, total_jobs: int | None) -> Recipe:
+    """The chain's effective recipe: `chain.total_jobs` = N, `training.epochs` = N × epochs_per_job."""
+    jobs = recipe.chain.total_jobs if total_jobs is None else total_jobs
+    if jobs < 1:
+        raise UsageError(f"a chain needs at least one job (got {jobs})", hint="pass --chain 1 or more")
+    data = recipe.model_dump(mode="json")
+    data["chain"]["total_jobs"] = jobs
+    data["training"]["epochs"] = jobs * recipe.chain.epochs_per_job
+    return validate(data)
+
+
+def link_specs(recipe: Recipe, settings: Settings, argv: list[str]) -> list[Any]:
+    from vlmtune_cli.slurm import LinkSpec
+
+    data = recipe.model_dump(mode="json")
+    return [LinkSpec(recipe=data, link=k, total_jobs=recipe.chain.total_jobs,
+                     epochs_per_job=recipe.chain.epochs_per_job, cwd=os.getcwd(),
+                     runs_dir=str(Path(settings.runs_dir).resolve()), cache_dir=str(Path(settings.cache_dir).resolve()),
+                     argv=list(argv))
+            for k in range(1, recipe.chain.total_jobs + 1)]
+
+
+def run_link(spec: Any, *, job_id: str | None = None, attempt: int = 0) -> dict[str, Any]:
+    """Train one link (here, or inside a SLURM job), recording its start and end in the run directory."""
+    from vlmtune_cli.trainer import train
+    from vlmtune_cli.trainer_callbacks import stop_requested
+
+    recipe = spec.load_recipe()
+    settings = spec.settings()
+    run = run_dir_for(recipe, settings.runs_dir)
+    previous = read_link_record(run.path, spec.link)
+    history = (previous.get("history", []) + [{k: v for k, v in previous.items() if k != "history"}]
+               if previous else [])
+    epoch_start, _ = trained_epochs(run, recipe.training.epochs)
+    record: dict[str, Any] = {
+        "link": spec.link, "state": "running", "job_id": job_id, "attempt": attempt, "host": socket.gethostname(),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1") or 1), "stop_at_epoch": spec.stop_at_epoch,
+        "started": now(), "ended": None, "epoch_start": epoch_start, "epoch_end": None, "global_step": None,
+        "checkpoint": None, "error": None, "history": history,
+    }
+    if link_trained(run, spec.stop_at_epoch, recipe.training.epochs):
+        record.update(state="done", ended=now(), epoch_end=epoch_start, note="already trained: nothing to do")
+        write_link_record(run.path, record)
+        return {"link": spec.link, "done": True, "global_step": None}
+    write_link_record(run.path, record)
+    try:
+        result = train(recipe, settings, stop_at_epoch=spec.stop_at_epoch, argv=spec.argv or sys.argv)
+    except BaseException as exc:
+        record.update(state="failed", ended=now(), error=getattr(exc, "message", None) or repr(exc))
+        write_link_record(run.path, record)
+        raise
+    epoch_end, checkpoint = trained_epochs(run, recipe.training.epochs)
+    done = result.final_dir is not None or link_trained(run, spec.stop_at_epoch, recipe.training.epochs)
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        done = done or not stop_requested()
+    record.update(state="done" if done else "interrupted", ended=now(), epoch_end=epoch_end,
+                  global_step=result.global_step, checkpoint=str(checkpoint) if checkpoint else None)
+    write_link_record(run.path, record)
+    return {"link": spec.link, "done": done, "global_step": result.global_step}
+
+
+# --- what SLURM says -----------------------------------------------------------------------------
+
+
+def _run_quietly(cmd: list[str]) -> str | None:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_SLURM_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """job id → (state, reason) from sacct, then squeue (fresher); jobs neither knows are left out."""
+    ids = [str(j) for j in job_ids if j]
+    if not ids:
+        return {}
+    states: dict[str, tuple[str, str]] = {}
+    out = _run_quietly(["sacct", "-n", "-X", "-P", "-j", ",".join(ids), "-o", "JobIDRaw,State"])
+    for line in (out or "").splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= 2 and parts[0] in ids and parts[1]:
+            states[parts[0]] = (parts[1].split()[0], "")
+    out = _run_quietly(["squeue", "-h", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%T|%r"])
+    for line in (out or "").splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= 3 and parts[0] in ids:
+            states[parts[0]] = (parts[1], parts[2] if parts[2] not in ("None", "(null)") else "")
+    return states
+
+
+# --- status --------------------------------------------------------------------------------------
+
+
+@dataclass
+class LinkStatus:
+    link: int
+    job_id: str | None
+    state: str
+    stop_at_epoch: int | None
+    epochs: str
+    checkpoint: str | None
+    log: str | None
+    done: bool
+    active: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def chain_status(run_dir: Path) -> tuple[dict[str, Any], list[LinkStatus]]:
+    """The manifest and each link's state; never blocks longer than the SLURM command timeouts."""
+    manifest = read_manifest(run_dir)
+    run = RunDir(Path(run_dir))
+    total_epochs = int(manifest.get("total_epochs") or 0)
+    states = slurm_states([link.get("job_id") for link in manifest["links"]]) \
+        if manifest["backend"] == "slurm" else {}
+    folder = Path(manifest.get("submitit_folder") or run.path / "slurm")
+    rows = []
+    for link in manifest["links"]:
+        k, job_id = link["link"], link.get("job_id")
+        record = read_link_record(run.path, k)
+        done = bool(record and record.get("state") == "done") or link_trained(run, link.get("stop_at_epoch"),
+                                                                                total_epochs)
+        slurm_state, reason = states.get(str(job_id), ("", "")) if job_id else ("", "")
+        if done:
+            state = "COMPLETED"
+        elif slurm_state:
+            state = slurm_state + (f" ({reason})" if reason and slurm_state == "PENDING" else "")
+        elif record:
+            state = {"running": "RUNNING?" if manifest["backend"] == "slurm" else "INTERRUPTED",
+                     "interrupted": "REQUEUED", "failed": "FAILED"}.get(record.get("state"), "UNKNOWN")
+        elif job_id:
+            state = "UNKNOWN"
+        elif link.get("error"):
+            state = "NOT SUBMITTED (submission failed)"
+        else:
+            state = "NOT STARTED" if manifest["backend"] == "local" else "NOT SUBMITTED"
+        epochs = ""
+        if record and record.get("epoch_start") is not None:
+            end = record.get("epoch_end")
+            epochs = f"{record['epoch_start']:g}→{end:g}" if end is not None else f"{record['epoch_start']:g}→"
+        log = str(folder / f"{job_id}_0_log.out") if job_id else None
+        rows.append(LinkStatus(k, str(job_id) if job_id else None, state, link.get("stop_at_epoch"), epochs,
+                               record.get("checkpoint") if record else None, log, done,
+                               not done and slurm_state in ACTIVE))
+    return manifest, rows
+
+
+def summary_line(manifest: dict[str, Any], rows: list[LinkStatus], run: RunDir) -> str:
+    trained, checkpoint = trained_epochs(run, int(manifest.get("total_epochs") or 0))
+    if run.is_finished():
+        where = "finished: final/ is complete"
+    elif any(r.active for r in rows):
+        where = "in progress"
+    else:
+        where = "stopped: `vlmtune chain resume` submits what is left"
+        if manifest["backend"] == "local":
+            where = "stopped: `vlmtune chain run` again continues it"
+    return (f"{manifest['variant']}: {trained:g} of {manifest.get('total_epochs')} epochs trained "
+            f"({manifest['total_jobs']} links × {manifest['epochs_per_job']}); {where}")
+
+
+# --- submit / resume / cancel --------------------------------------------------------------------
+
+
+def _submit_links(manifest: dict[str, Any], run: RunDir, specs: list[Any], settings: Settings, first: int,
+                  after: str | None, flags: Any) -> list[str]:
+    """Submit links `first`..N (each afterok on the previous), recording each in the manifest as it goes."""
+    from vlmtune_cli.slurm import ChainLink, make_executor, sbatch_parameters, submit_job
+
+    recipe = validate(manifest["recipe"])
+    folder = Path(manifest["submitit_folder"])
+    submitted = []
+    previous = after
+    for spec in specs[first - 1:]:
+        entry = manifest["links"][spec.link - 1]
+        params = sbatch_parameters(recipe.slurm, settings, flags,
+                                   job_name=f"vlmtune-{recipe.variant}-{spec.link}of{spec.total_jobs}",
+                                   dependency=f"afterok:{previous}" if previous else None)
+        try:
+            executor = make_executor(folder, params, python=manifest.get("python"))
+            job_id = submit_job(executor, ChainLink(spec))
+        except VlmtuneError as exc:
+            entry["error"] = exc.message
+            write_manifest(run.path, manifest)
+            if submitted:
+                exc.message += (f" (links {first}-{spec.link - 1} were submitted: jobs {', '.join(submitted)}; "
+                                f"recorded in {manifest_path(run.path)})")
+                exc.hint = (exc.hint + "; " if exc.hint else "") + \
+                    "`vlmtune chain resume` submits the rest, `vlmtune chain cancel` cancels those"
+            raise
+        entry.update(job_id=job_id, error=None)
+        entry["submissions"].append({"job_id": job_id, "submitted_at": now(), "parameters": params})
+        write_manifest(run.path, manifest)
+        submitted.append(job_id)
+        previous = job_id
+    return submitted
+
+
+def _flags_dict(flags: Any) -> dict[str, Any]:
+    return {k: v for k, v in flags.__dict__.items() if v is not None}
+
+
+def submit_chain(recipe: Recipe, recipe_path: Path | None, settings: Settings, flags: Any, argv: list[str],
+                 ) -> tuple[dict[str, Any], list[str]]:
+    """Submit every link of the (effective) recipe's chain; returns the manifest and the job ids."""
+    from vlmtune_cli.slurm import require_sbatch
+
+    require_sbatch()
+    run = run_dir_for(recipe, settings.runs_dir)
+    if manifest_path(run.path).exists():
+        existing = read_manifest(run.path)
+        if any(link.get("job_id") for link in existing["links"]) or existing["backend"] == "local":
+            raise UsageError(
+                f"{run.path} already has a chain ({MANIFEST}); two chains cannot write one run directory",
+                hint="`vlmtune chain status` / `vlmtune chain resume` for that one, or give this recipe its own "
+                     "`variant`",
+            )
+    prepare_run_dir(run, recipe, overwrite=False)
+    manifest = new_manifest(recipe, run, "slurm", recipe_path, argv, _flags_dict(flags))
+    write_manifest(run.path, manifest)
+    specs = link_specs(recipe, settings, argv)
+    return manifest, _submit_links(manifest, run, specs, settings, 1, None, flags)
+
+
+def resolve_run_dir(target: Path | None, settings: Settings) -> Path:
+    """RUN_DIR as given (a run directory, or a recipe whose variant's run directory is meant)."""
+    from vlmtune_cli.recipe import load_recipe
+    from vlmtune_cli.settings import resolve_recipe_path
+
+    if target is None:
+        target = resolve_recipe_path(None, settings)
+    target = Path(target)
+    if target.is_file() and target.suffix == ".toml":
+        return run_dir_for(load_recipe(target), settings.runs_dir).path
+    if not target.is_dir():
+        raise UsageError(f"{target}: no such run directory")
+    return target
+
+
+def resume_chain(run_dir: Path, settings: Settings, flags: Any, argv: list[str]) -> list[str]:
+    """Resubmit the links not done and not queued; returns their new job ids ([] when nothing is left)."""
+    from vlmtune_cli.slurm import SlurmFlags, require_sbatch
+
+    manifest, rows = chain_status(run_dir)
+    if manifest["backend"] != "slurm":
+        raise UsageError(f"{run_dir} holds a local chain", hint="continue it with `vlmtune chain run`")
+    run = RunDir(Path(run_dir))
+    todo = [r for r in rows if not r.done]
+    if not todo:
+        return []
+    first = next((r for r in todo if not r.active), None)
+    if first is None:
+        raise UsageError(f"nothing to resume: link {todo[0].link} is {todo[0].state}")
+    later_active = [r for r in rows if r.link > first.link and r.active]
+    if later_active:
+        raise UsageError(f"link {later_active[0].link} is still {later_active[0].state} after link {first.link}",
+                         hint="`vlmtune chain cancel` first, then resume")
+    require_sbatch()
+    before = rows[first.link - 2] if first.link > 1 else None
+    after = before.job_id if before is not None and before.active else None
+    merged = SlurmFlags(**{**manifest.get("slurm_flags", {}), **_flags_dict(flags)})
+    manifest["slurm_flags"] = _flags_dict(merged)
+    manifest.pop("cancelled_at", None)
+    manifest.setdefault("resumed", []).append({"at": now(), "command": list(argv), "from_link": first.link})
+    recipe = validate(manifest["recipe"])
+    specs = link_specs(recipe, settings, argv)
+    for spec in specs:  # the links run where the chain was submitted from
+        spec.cwd = manifest.get("cwd") or spec.cwd
+        spec.runs_dir = str(Path(manifest["run_dir"]).parent)
+    return _submit_links(manifest, run, specs, settings, first.link, after, merged)
+
+
+def cancel_chain(run_dir: Path) -> list[str]:
+    """scancel the links that are queued or running (or whose state SLURM does not tell); returns their ids."""
+    manifest, rows = chain_status(run_dir)
+    if manifest["backend"] != "slurm":
+        raise UsageError(f"{run_dir} holds a local chain: stop it with Ctrl-C where it runs")
+    ids = [r.job_id for r in rows if r.job_id and not r.done and (r.active or r.state in ("UNKNOWN", "RUNNING?"))]
+    if ids:
+        try:
+            proc = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=_SLURM_TIMEOUT_S,
+                                  check=False)
+        except FileNotFoundError:
+            raise UsageError("no `scancel` on PATH: this machine cannot talk to SLURM") from None
+        except subprocess.TimeoutExpired:
+            raise VlmtuneError(f"scancel did not answer within {_SLURM_TIMEOUT_S} s") from None
+        if proc.returncode != 0 and "already completed" not in proc.stderr:
+            raise VlmtuneError(f"scancel failed: {proc.stderr.strip()}")
+    manifest["cancelled_at"] = now()
+    write_manifest(Path(run_dir), manifest)
+    return ids
+
+
+# --- here, without SLURM -------------------------------------------------------------------------
+
+
+def run_chain_locally(recipe: Recipe, recipe_path: Path | None, settings: Settings, argv: list[str],
+                      ) -> list[dict[str, Any]]:
+    """Run the links one after another in this process (the same `run_link` a SLURM job runs)."""
+    run = run_dir_for(recipe, settings.runs_dir)
+    if manifest_path(run.path).exists():
+        existing = read_manifest(run.path)
+        if existing["backend"] == "slurm":
+            _, rows = chain_status(run.path)
+            if any(r.active for r in rows):
+                raise UsageError(f"{run.path} has a SLURM chain in progress",
+                                 hint="`vlmtune chain cancel` it first, or wait for it")
+        if existing["recipe"] != recipe.model_dump(mode="json"):
+            raise UsageError(f"{run.path} holds a chain of a different recipe or length",
+                             hint="give this recipe its own `variant`")
+    else:
+        prepare_run_dir(run, recipe, overwrite=False)
+        write_manifest(run.path, new_manifest(recipe, run, "local", recipe_path, argv))
+    return [run_link(spec) for spec in link_specs(recipe, settings, argv)]
