@@ -91,3 +91,49 @@ def test_kill_9_then_resume_equals_uninterrupted(moment: str, reference: dict, t
     weights = adapter(run)
     assert weights.keys() == reference.keys()
     assert all(torch.equal(weights[k], reference[k]) for k in reference)
+
+
+def test_sigterm_saves_a_checkpoint_says_how_to_resume_and_resume_completes(reference: dict, tmp_path: Path,
+                                                                            cache_dir: Path) -> None:
+    import torch
+
+    env = environment(tmp_path / "runs", cache_dir)
+    run = tmp_path / "runs" / "smoke"
+    victim = subprocess.Popen(command(), env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    deadline = time.monotonic() + 180
+    while not list((run / "checkpoints").glob("checkpoint-*/COMPLETE")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGTERM)
+    _, stderr = victim.communicate(timeout=120)
+    if victim.returncode == 0:
+        pytest.skip("training finished before SIGTERM landed")
+    assert victim.returncode == 128 + signal.SIGTERM, stderr
+    assert "stopped by SIGTERM at step" in stderr and "Resume with: vlmtune train" in stderr
+    stopped_at = int(stderr.split("stopped by SIGTERM at step ")[1].split(";")[0])
+    assert (run / "checkpoints" / f"checkpoint-{stopped_at}" / "COMPLETE").is_file(), "no checkpoint at the stop"
+    assert not (run / "final").exists()
+    resumed = subprocess.run(command(), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"checkpoint-{stopped_at} (step {stopped_at}" in resumed.stderr
+    weights = adapter(run)
+    assert all(torch.equal(weights[k], reference[k]) for k in reference)
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(workspace: Path) -> None:
+    from typer.testing import CliRunner
+
+    from vlmtune_cli.cli import app
+
+    args = ["train", str(RECIPES / "smoke.toml")]
+    for item in (*RUN, "training.lr=1e30", "training.warmup_steps=0", "training.save_steps=1"):
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "the loss became" in result.stderr and "at step" in result.stderr
+    step = int(result.stderr.split("at step ")[1].split(";")[0])
+    assert "the last good checkpoint is" in result.stderr
+    checkpoints = sorted(int(p.parent.name.split("-")[1]) for p in
+                         (workspace / "runs" / "smoke" / "checkpoints").glob("checkpoint-*/COMPLETE"))
+    assert checkpoints and max(checkpoints) == step - 1, (checkpoints, step)
+    assert not (workspace / "runs" / "smoke" / "final").exists()

@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from vlmtune_cli import __version__
-from vlmtune_cli.commands import train
+from vlmtune_cli.commands import benchmark, chain, recipes, submit, tokenize, train
 from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import VlmtuneError
 
@@ -60,6 +60,11 @@ def _root(
 
 
 app.command("train")(train.train)
+app.command("tokenize")(tokenize.tokenize)
+app.command("benchmark")(benchmark.benchmark)
+app.command("submit")(submit.submit)
+app.add_typer(chain.app, name="chain")
+app.add_typer(recipes.app, name="recipes")
 
 
 def main() -> None:

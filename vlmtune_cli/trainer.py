@@ -6,11 +6,14 @@ Heavy imports live inside functions; importing this module is cheap, calling `tr
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import math
+import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ class TrainResult:
     final_loss: float | None
     resumed_from: Path | None
     seconds: float
+    finished: bool = True
 
 
 def train(recipe: Recipe, settings: Settings, *, overwrite: bool = False, require_resume: bool = False,
@@ -39,10 +43,17 @@ def train(recipe: Recipe, settings: Settings, *, overwrite: bool = False, requir
 
     `stop_at_epoch` ends the run early at that epoch boundary with a checkpoint (one link of a chain) while
     keeping the learning-rate schedule planned for all of `training.epochs`.
-    Raises UsageError for a recipe that cannot run (bad data, nothing to train), VlmtuneError when training fails.
+    Raises UsageError for a recipe that cannot run (bad data, nothing to train), VlmtuneError when training fails,
+    UsageError when another process is training in the same run directory (see `_run_dir_lock`).
     """
-    started = time.monotonic()
     run = run_dir_for(recipe, settings.runs_dir)
+    with _run_dir_lock(run):
+        return _train_locked(recipe, settings, run, overwrite, require_resume, stop_at_epoch, argv)
+
+
+def _train_locked(recipe: Recipe, settings: Settings, run: RunDir, overwrite: bool, require_resume: bool,
+                  stop_at_epoch: int | None, argv: list[str] | None) -> TrainResult:
+    started = time.monotonic()
     prepare_run_dir(run, recipe, overwrite=overwrite)
     write_env(run, argv)
     checkpoint = _checkpoint_to_resume(run, require_resume)
@@ -51,7 +62,7 @@ def train(recipe: Recipe, settings: Settings, *, overwrite: bool = False, requir
 
     processor = models.load_processor(recipe.model, recipe.data, settings.cache_dir)
     family = models.load_family(recipe.model, settings.cache_dir)
-    train_set, eval_set = _encoded_splits(recipe, processor, family)
+    train_set, eval_set = _encoded_splits(recipe, processor, family, settings.cache_dir)
 
     model = models.load_model(recipe.model, settings.cache_dir)
     model = models.apply_tuning(model, recipe.tuning, recipe.lora, seed=recipe.training.seed)
@@ -68,14 +79,26 @@ def train(recipe: Recipe, settings: Settings, *, overwrite: bool = False, requir
         err_console.print(f"resuming from {checkpoint} (step {state['global_step']}, epoch {state['epoch']:g})")
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except NonFiniteLoss as exc:
+        kept = run.latest_checkpoint()
+        raise VlmtuneError(
+            f"the loss became {exc.value} at step {exc.step}; training stopped before that step's update",
+            hint=(f"the last good checkpoint is {kept}" if kept else "no checkpoint was saved before it")
+            + "; lower training.lr, check the data, or use precision = \"fp32\"",
+        ) from None
     except (ValueError, RuntimeError) as exc:
         raise VlmtuneError(f"training failed: {exc}", hint="set VLMTUNE_DEBUG=1 for the traceback") from exc
 
     state = trainer.state
-    finished = stop_at_epoch is None or state.global_step >= state.max_steps
-    final_dir = _save_final(trainer, processor, run) if finished else None
+    from vlmtune_cli.trainer_callbacks import stop_requested
+
+    # A chain link (stop_at_epoch) or a run stopped by a signal (stop_requested) is finished only at max_steps.
+    finished = (stop_at_epoch is None and not stop_requested()) or state.global_step >= state.max_steps
+    final_dir = None
+    if finished and trainer.is_world_process_zero():  # one writer of final/ under DDP
+        final_dir = _save_final(trainer, processor, run)
     result = TrainResult(run.path, final_dir, state.global_step, state.epoch or 0.0, _last_loss(state.log_history),
-                         checkpoint, time.monotonic() - started)
+                         checkpoint, time.monotonic() - started, finished)
     write_atomic(run.summary_file, json.dumps(
         {"global_step": result.global_step, "epoch": result.epoch, "final_loss": result.final_loss,
          "finished": finished, "resumed_from": str(checkpoint) if checkpoint else None,
@@ -121,6 +144,8 @@ def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool) -> Any:
         report_to=[name for name in t.report_to if name not in ("tensorboard", "none")],
         dataloader_num_workers=t.dataloader_num_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Without CUDA, several SLURM tasks must train as one gloo process group, not each on its own.
+        use_cpu=not torch.cuda.is_available(),
         # Our dataset is already encoded with our labels; TRL must neither re-tokenise nor drop columns.
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
@@ -151,27 +176,19 @@ def _checkpoint_to_resume(run: RunDir, require_resume: bool) -> Path | None:
     return checkpoint
 
 
-def _encoded_splits(recipe: Recipe, processor: Any, family: Any) -> tuple[Any, Any]:
-    from vlmtune_cli.data import load_splits
-    from vlmtune_cli.labels import LabelSpec
-    from vlmtune_cli.tokenized import encode_split, to_dataset
+def _encoded_splits(recipe: Recipe, processor: Any, family: Any, cache_dir: Path) -> tuple[Any, Any]:
+    """(train, test or None) as datasets for TRL, read from the tokenised-data cache; built first on a miss.
 
-    splits = load_splits(recipe.data, box_format=family.box_format, processor=processor)
-    spec = LabelSpec.for_family(processor.tokenizer, family)
-    encoded = {}
-    for name in (recipe.data.train_split, recipe.data.test_split):
-        samples, report = encode_split(splits.get(name, []), name, processor, spec, recipe.data,
-                                       recipe.tuning.loss_on)
+    Raises UsageError when no training sample survives (see tokenized.py).
+    """
+    from vlmtune_cli.tokenized import open_splits, tokenize_recipe
+
+    result = tokenize_recipe(recipe, cache_dir, processor=processor, family=family)
+    err_console.print(f"tokenized data: {result.describe()}", highlight=False)
+    for report in result.reports():
         if (drops := report.describe_drops()) is not None:
             err_console.print(f"[yellow]{drops}[/]")
-        encoded[name] = samples
-    if not encoded[recipe.data.train_split]:
-        raise UsageError(
-            f"split {recipe.data.train_split!r} of {recipe.data.source} has no trainable sample",
-            hint="check data.source, data.max_samples, data.max_length and tuning.loss_on",
-        )
-    test = encoded[recipe.data.test_split]
-    return to_dataset(encoded[recipe.data.train_split]), to_dataset(test) if test else None
+    return open_splits(result, processor)
 
 
 def _print_trainable(table: list[tuple[str, int, int]]) -> None:
@@ -207,15 +224,15 @@ def _build_trainer(recipe: Recipe, run: RunDir, model: Any, processor: Any, trai
     from trl import SFTTrainer
 
     from vlmtune_cli.labels import VisionCollator
-    from vlmtune_cli.trainer_callbacks import MarkCheckpointComplete, QuietLogLines, StopAtEpoch
+    from vlmtune_cli.trainer_callbacks import MarkCheckpointComplete, QuietLogLines, StopAtEpoch, StopOnRequest
 
     args = build_sft_config(recipe, run, has_eval=eval_set is not None)
-    callbacks: list[Any] = [MarkCheckpointComplete()]
+    callbacks: list[Any] = [MarkCheckpointComplete(), StopOnRequest()]
     if "tensorboard" in recipe.training.report_to:
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.logs))))
     if stop_at_epoch is not None:
         callbacks.append(StopAtEpoch(stop_at_epoch))
-    trainer = SFTTrainer(
+    trainer = _guarded(SFTTrainer)(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -227,6 +244,29 @@ def _build_trainer(recipe: Recipe, run: RunDir, model: Any, processor: Any, trai
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(QuietLogLines())
     return trainer
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, step: int, value: float):
+        super().__init__(step, value)
+        self.step, self.value = step, value
+
+
+def _guarded(trainer_class: type) -> type:
+    """The trainer class, stopping at the first micro-batch whose loss is NaN or infinite.
+
+    Raising before the optimizer step keeps the weights (and every checkpoint saved so far) free of NaN; a
+    logged loss would only show it `logging_steps` later, after a checkpoint may have saved poisoned weights.
+    """
+
+    class GuardedTrainer(trainer_class):  # type: ignore[misc, valid-type]
+        def training_step(self, *args: Any, **kwargs: Any) -> Any:
+            loss = super().training_step(*args, **kwargs)
+            if not bool(loss.detach().isfinite().all()):
+                raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
+            return loss
+
+    return GuardedTrainer
 
 
 def _save_final(trainer: Any, processor: Any, run: RunDir) -> Path:
@@ -244,3 +284,42 @@ def _save_final(trainer: Any, processor: Any, run: RunDir) -> Path:
 def _last_loss(history: list[dict[str, Any]]) -> float | None:
     losses = [entry["loss"] for entry in history if "loss" in entry and math.isfinite(entry["loss"])]
     return losses[-1] if losses else None
+
+
+# --- one trainer per run directory ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _run_dir_lock(run: RunDir) -> Iterator[None]:
+    """Hold an exclusive `fcntl.flock` on `<runs_dir>/.<variant>.lock` while training into `run`.
+
+    The lock file sits next to the run directory (so `--overwrite` can delete the directory) and is never
+    deleted; the kernel drops the lock when its holder exits however it exits, so a crash leaves nothing
+    stuck. Under torch.distributed only rank 0 (env `RANK`) takes it: the other ranks train the same run.
+    """
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        yield
+        return
+    import fcntl
+    import socket
+
+    run.path.parent.mkdir(parents=True, exist_ok=True)
+    path = run.path.parent / f".{run.path.name}.lock"
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UsageError(
+                f"{run.path} is being trained by {holder}; two trainings cannot write one run directory",
+                hint="wait for it to end (`vlmtune chain status` for a chain), or give this recipe its own `variant`",
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

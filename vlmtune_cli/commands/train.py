@@ -1,7 +1,8 @@
 """vlmtune train [RECIPE] [--set KEY=VALUE ...] [--dry-run] [--resume] [--overwrite]
 
 Train a recipe on this machine. Outputs go to `<runs_dir>/<variant>/`; a run directory that holds a
-complete checkpoint of the same recipe is resumed from it automatically.
+complete checkpoint of the same recipe is resumed from it automatically. SIGTERM or Ctrl-C saves a
+checkpoint after the current step and exits with 128 + the signal number (143, 130).
 
     vlmtune train recipes/smoke.toml
     vlmtune train recipes/v2.toml --dry-run
@@ -10,13 +11,16 @@ complete checkpoint of the same recipe is resumed from it automatically.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
 
 from vlmtune_cli.commands._options import OverrideOpt, RecipeArg
-from vlmtune_cli.console import console
+from vlmtune_cli.console import console, err_console
 from vlmtune_cli.recipe import dump_recipe, load_recipe
 from vlmtune_cli.settings import load_settings, resolve_recipe_path
 
@@ -41,10 +45,47 @@ def train(
         return
     from vlmtune_cli.trainer import train as run_training
 
-    result = run_training(resolved, settings, overwrite=overwrite, require_resume=resume, argv=sys.argv)
+    with _stop_with_checkpoint_on_signals() as received:
+        result = run_training(resolved, settings, overwrite=overwrite, require_resume=resume, argv=sys.argv)
+    if received and not result.finished:
+        err_console.print(
+            f"[yellow]stopped by {received[0].name} at step {result.global_step}; a checkpoint is saved in "
+            f"{result.run_dir}.[/] Resume with: vlmtune train {path}" + "".join(f" --set {o}" for o in overrides or []),
+            highlight=False,
+        )
+        raise typer.Exit(128 + received[0].value)
     loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
     console.print(
         f"trained {resolved.variant}: {result.global_step} steps, final loss {loss}, "
         f"{result.seconds:.0f} s → run directory {result.run_dir}",
         highlight=False,
     )
+
+
+@contextlib.contextmanager
+def _stop_with_checkpoint_on_signals() -> Iterator[list[signal.Signals]]:
+    """SIGTERM or a first Ctrl-C asks the trainer to save a checkpoint after the current step and stop.
+
+    A second Ctrl-C interrupts at once (the newest complete checkpoint is then what a resume starts from).
+    Yields the list of signals received.
+    """
+    from vlmtune_cli.trainer_callbacks import clear_stop_request, request_stop
+
+    received: list[signal.Signals] = []
+    clear_stop_request()
+
+    def handler(signum: int, frame: object) -> None:
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum))
+        err_console.print(f"[yellow]{signal.Signals(signum).name}: saving a checkpoint after this step, then "
+                          "stopping (Ctrl-C again to stop at once)[/]")
+        request_stop()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        clear_stop_request()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
