@@ -137,3 +137,90 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
                          (workspace / "runs" / "smoke" / "checkpoints").glob("checkpoint-*/COMPLETE"))
     assert checkpoints and max(checkpoints) == step - 1, (checkpoints, step)
     assert not (workspace / "runs" / "smoke" / "final").exists()
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path):
+    """A real 1.3 MB file system (tmpfs): room for two checkpoints of the smoke run, not three."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1300k", "tmpfs", str(mount)], capture_output=True,
+                          check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so(tiny_filesystem: Path, tmp_path: Path,
+                                                                           cache_dir: Path,
+                                                                           reference: dict) -> None:
+    import torch
+
+    env = environment(tiny_filesystem, cache_dir)
+    failed = subprocess.run(command(), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1, failed.stderr
+    assert "error: the disk is full while training into" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    run = tiny_filesystem / "smoke"
+    complete = [p.parent for p in (run / "checkpoints").glob("checkpoint-*/COMPLETE")]
+    assert complete, "the checkpoint before the full disk must survive"
+    newest = max(complete, key=lambda p: int(p.name.split("-")[1]))
+    assert f"it resumes from {newest}" in failed.stderr.replace("\n", "")
+    assert not (run / "final" / "COMPLETE").exists()
+    # Make room (as the hint says) by moving the run to a roomy disk; resuming finishes it with the same weights.
+    roomy = tmp_path / "roomy"
+    roomy.mkdir()
+    subprocess.run(["cp", "-a", str(run), str(roomy)], check=True)
+    resumed = subprocess.run(command(), env=environment(roomy, cache_dir), cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {roomy / 'smoke' / 'checkpoints' / newest.name}" in resumed.stderr.replace("\n", "")
+    weights = adapter(roomy / "smoke")
+    assert all(torch.equal(weights[k], reference[k]) for k in reference)
+
+
+def test_second_trainer_on_the_same_run_directory_is_refused(tmp_path: Path, cache_dir: Path) -> None:
+    env = environment(tmp_path / "runs", cache_dir)
+    first = subprocess.Popen(command(), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "runs" / "smoke" / "recipe.toml").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run(command(), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert "is being trained by pid" in second.stderr and "two trainings cannot write one run directory" in \
+            second.stderr
+    finally:
+        first.kill()
+        first.wait()
+    # The kernel dropped the dead holder's lock: the next train is not stuck.
+    again = subprocess.run(command(), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+
+
+def test_unwritable_runs_dir_is_a_message(workspace: Path) -> None:
+    from typer.testing import CliRunner
+
+    from vlmtune_cli.cli import app
+
+    (workspace / "file").write_text("not a folder")
+    result = CliRunner().invoke(app, ["train", str(RECIPES / "smoke.toml")],
+                                env={"VLMTUNE_RUNS_DIR": str(workspace / "file" / "runs")})
+    assert result.exit_code == 2, result.output
+    assert "cannot write to runs_dir" in result.stderr and "VLMTUNE_RUNS_DIR" in result.stderr
+
+
+def test_secrets_in_the_environment_never_reach_the_run_directory(tmp_path: Path, cache_dir: Path) -> None:
+    secret = "sk-FAKE-SECRET-7f3a9c"
+    env = environment(tmp_path / "runs", cache_dir)
+    env.update(WANDB_API_KEY=secret, HF_TOKEN=f"hf_{secret}", AWS_SECRET_ACCESS_KEY=secret)
+    done = subprocess.run(command("--set", "training.epochs=1"), env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    dry = subprocess.run([sys.executable, "-m", "vlmtune_cli", "submit", str(RECIPES / "smoke.toml"), "--dry-run"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert secret not in dry.stdout + dry.stderr
+    leaks = [str(p) for p in (tmp_path / "runs").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaks == []
+    assert secret not in done.stdout + done.stderr

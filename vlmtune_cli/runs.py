@@ -133,8 +133,12 @@ def prepare_run_dir(run: RunDir, recipe: Recipe, *, overwrite: bool) -> None:
                 f"{run.path} already holds a finished run of this recipe",
                 hint="pass --overwrite to train it again, or change `variant` to keep both",
             )
-    run.path.mkdir(parents=True, exist_ok=True)
-    write_atomic(run.recipe_file, dump_recipe(recipe))
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+        write_atomic(run.recipe_file, dump_recipe(recipe))
+    except OSError as exc:
+        raise UsageError(f"cannot write the run directory {run.path}: {exc.strerror or exc}",
+                         hint="set runs_dir in vlmtune.toml or VLMTUNE_RUNS_DIR to a writable folder") from None
 
 
 def write_env(run: RunDir, argv: list[str] | None = None) -> None:

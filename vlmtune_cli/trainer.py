@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import json
 import math
 import os
@@ -60,6 +61,8 @@ def _train_locked(recipe: Recipe, settings: Settings, run: RunDir, overwrite: bo
 
     from vlmtune_cli import models
 
+    if recipe.model.trust_remote_code:
+        err_console.print(f"[yellow]model.trust_remote_code = true: running code shipped with {recipe.model.name}[/]")
     processor = models.load_processor(recipe.model, recipe.data, settings.cache_dir)
     family = models.load_family(recipe.model, settings.cache_dir)
     train_set, eval_set = _encoded_splits(recipe, processor, family, settings.cache_dir)
@@ -86,7 +89,19 @@ def _train_locked(recipe: Recipe, settings: Settings, run: RunDir, overwrite: bo
             hint=(f"the last good checkpoint is {kept}" if kept else "no checkpoint was saved before it")
             + "; lower training.lr, check the data, or use precision = \"fp32\"",
         ) from None
-    except (ValueError, RuntimeError) as exc:
+    except (OSError, RuntimeError) as exc:
+        # torch.save reports a full disk as a RuntimeError ("file write failed"), so ask the file system.
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or _disk_is_full(run):
+            kept = run.latest_checkpoint()
+            raise VlmtuneError(
+                f"the disk is full while training into {run.path} ({type(exc).__name__}: {str(exc)[:200]})",
+                hint=("free space or lower training.save_total_limit, then run the same command: it resumes from "
+                      f"{kept}" if kept else "free space; no complete checkpoint was written yet"),
+            ) from None
+        if isinstance(exc, OSError):
+            raise VlmtuneError(f"writing the run in {run.path} failed: {exc}") from exc
+        raise VlmtuneError(f"training failed: {exc}", hint="set VLMTUNE_DEBUG=1 for the traceback") from exc
+    except ValueError as exc:
         raise VlmtuneError(f"training failed: {exc}", hint="set VLMTUNE_DEBUG=1 for the traceback") from exc
 
     state = trainer.state
@@ -246,6 +261,17 @@ def _build_trainer(recipe: Recipe, run: RunDir, model: Any, processor: Any, trai
     return trainer
 
 
+def _disk_is_full(run: RunDir) -> bool:
+    """Less room left where the run lives than one more checkpoint needs (or under 1 MiB)."""
+    try:
+        free = shutil.disk_usage(run.path).free
+    except OSError:
+        return False
+    newest = run.latest_checkpoint()
+    needed = sum(f.stat().st_size for f in newest.rglob("*") if f.is_file()) if newest else 0
+    return free < max(needed, 1 << 20)
+
+
 class NonFiniteLoss(Exception):
     def __init__(self, step: int, value: float):
         super().__init__(step, value)
@@ -303,9 +329,14 @@ def _run_dir_lock(run: RunDir) -> Iterator[None]:
     import fcntl
     import socket
 
-    run.path.parent.mkdir(parents=True, exist_ok=True)
     path = run.path.parent / f".{run.path.name}.lock"
-    with open(path, "a+", encoding="utf-8") as handle:
+    try:
+        run.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (closed by the `with` below)
+    except OSError as exc:
+        raise UsageError(f"cannot write to runs_dir {run.path.parent}: {exc.strerror or exc}",
+                         hint="set runs_dir in vlmtune.toml or VLMTUNE_RUNS_DIR to a writable folder") from None
+    with handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
