@@ -1,10 +1,11 @@
 """What of a processor's output the tokenised-data cache keeps, and how the data loader rebuilds the rest.
 
-Kept: token ids, the processor's small outputs (`image_grid_thw`, `mm_token_type_ids`, ...) and each image
-already resized to the model's resolution, as raw RGB bytes. Rebuilt in the loader: `pixel_values`, by the model's
-own image processor from the stored image; resizing an image to the size it already has is a copy, so the values
-are bit-identical to those the processor makes from the original. Storing float32 patches instead would be 8×
-larger and no faster to read back (benchmarks/README.md).
+Kept: token ids, the processor's small outputs (`image_grid_thw`, `mm_token_type_ids`; Mllama's `aspect_ratio_ids`,
+`aspect_ratio_mask` and per-token `cross_attention_mask`) and each image, as raw RGB bytes: already resized to the
+model's resolution (Qwen-VL), or as it came (Mllama, whose tiling resize is not mirrored here). Rebuilt in the
+loader: `pixel_values`, by the model's own image processor from the stored image; resizing an image to the size it
+already has is a copy, so the values are bit-identical to those the processor makes from the original. Storing
+float32 patches instead would be 8× larger and no faster to read back (benchmarks/README.md).
 
 Two shortcuts keep `tokenize` fast, each used only when probe images show it gives exactly what the processor
 gives (`probe_layout`), and a slower exact path otherwise:
@@ -21,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlmtune_cli.boxes import smart_resize
+from vlmtune_cli.labels import is_per_token
 
 # Off: every sample goes through the full processor call (the benchmark measures both).
 EXPAND_WITHOUT_PIXELS = True
@@ -48,16 +50,20 @@ def probe_layout(processor: Any) -> dict[str, Any]:
     probes = [(_prompt(processor, n), images[:n]) for n in (1, 2)]
     full = [processor(text=[text], images=imgs, return_tensors="np") for text, imgs in probes]
 
-    def pixels_reproduced(mode: str) -> bool:
-        layout["images"] = mode
+    def pixels_reproduced(mode: str, nested: bool = False) -> bool:
+        layout["images"], layout["nested"] = mode, nested
         for (_, imgs), out in zip(probes, full, strict=True):
             stored = [resize_for_cache(image, layout)[0] for image in imgs]
-            again = image_processor(images=stored, return_tensors="np")["pixel_values"]
-            if not np.array_equal(again, out["pixel_values"]):
+            again = pixel_values(image_processor, stored, nested)
+            if again.shape != out["pixel_values"].shape or not np.array_equal(again, out["pixel_values"]):
                 return False
         return True
 
-    if not (layout["factor"] is not None and pixels_reproduced("resized")) and not pixels_reproduced("original"):
+    # Qwen-VL: one flat list of images, resized by smart_resize. Mllama: one list per sample (its pixel_values
+    # keep a batch axis: 1 x images x tiles x 3 x H x W), original images (its tiling resize is not mirrored).
+    reproduced = (layout["factor"] is not None and pixels_reproduced("resized")) or pixels_reproduced("original") \
+        or pixels_reproduced("original", nested=True)
+    if not reproduced:
         raise VlmtuneError(
             f"{type(image_processor).__name__} gives other pixel values when called alone than inside "
             f"{type(processor).__name__}, so vlmtune cannot recompute them from cached images",
@@ -70,8 +76,8 @@ def probe_layout(processor: Any) -> dict[str, Any]:
             if key in ("input_ids", "attention_mask", "pixel_values") or key in extras:
                 continue
             value = np.asarray(value)
-            per_token = value.ndim == 2 and value.shape[0] == 1 and value.shape[1] == encoded["input_ids"].shape[1]
-            extras[key] = (per_token, 1 if per_token else value.ndim, str(value.dtype))
+            per_token = is_per_token(key, value.shape, encoded["input_ids"].shape[1])
+            extras[key] = (per_token, value.ndim - 1 if per_token else value.ndim, str(value.dtype))
     layout["extras"] = extras
     if EXPAND_WITHOUT_PIXELS and layout["factor"] is not None and token:
         layout["expand"] = True
@@ -150,8 +156,9 @@ def processor_outputs(processor: Any, text: str, images: list[Any], layout: dict
 class ModelInputs:
     """A datasets transform: cached rows → the model's inputs, with `pixel_values` computed here, in the loader."""
 
-    def __init__(self, image_processor: Any, extras: dict[str, Any]):
+    def __init__(self, image_processor: Any, extras: dict[str, Any], nested: bool = False):
         self.image_processor = image_processor
+        self.nested = nested
         self.extras = {key: dtype for key, (_, _, dtype) in extras.items()}
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
@@ -172,4 +179,9 @@ class ModelInputs:
             return None
         pil = [Image.frombuffer("RGB", (w, h), raw, "raw", "RGB", 0, 1)
                for raw, (w, h) in zip(images, sizes, strict=True)]
-        return self.image_processor(images=pil, return_tensors="np")["pixel_values"]
+        return pixel_values(self.image_processor, pil, self.nested)
+
+
+def pixel_values(image_processor: Any, images: list[Any], nested: bool) -> Any:
+    """The image processor's `pixel_values` for one sample's images (`nested`: passed as one sample's list)."""
+    return image_processor(images=[images] if nested else images, return_tensors="np")["pixel_values"]

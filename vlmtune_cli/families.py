@@ -80,8 +80,7 @@ FAMILIES: tuple[Family, ...] = (
         assistant_header="<|im_start|>assistant\n",
         end_of_turn="<|im_end|>",
         box_format="qwen2.5-vl-json",  # {"bbox_2d": [x1, y1, x2, y2]} in pixels of the resized image
-        # Qwen2.5-VL's processor only adds video timing on top of Qwen2-VL's; for images they are the same.
-        image_only_processor=_QWEN_PROCESSOR,
+        image_only_processor="vlmtune_cli.qwen2_vl_processor:Qwen2_5_VLImageOnlyProcessor",
     ),
     Family(
         name="mllama",

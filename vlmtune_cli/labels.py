@@ -77,10 +77,22 @@ def encode_sample(processor: Any, spec: LabelSpec, sample: dict[str, Any], loss_
     for key, value in encoded.items():
         if key in ("input_ids", "attention_mask"):
             continue
-        # Per-token extras (Qwen's `mm_token_type_ids`) lose their batch axis so the collator can pad them.
-        per_token = value.dim() == 2 and value.shape[0] == 1 and value.shape[1] == len(input_ids)
-        item[key] = value[0] if per_token else value
+        # Per-token extras (Qwen's `mm_token_type_ids` (1, L), Mllama's `cross_attention_mask` (1, L, images,
+        # tiles)) lose their batch axis so the collator can pad them along the tokens.
+        item[key] = value[0] if is_per_token(key, value.shape, len(input_ids)) else value
     return item
+
+
+# Processor outputs with one entry per token on more than one axis: they are padded along the tokens, never
+# concatenated. (A 1-D value of a sample is per token whatever its name.)
+PER_TOKEN_INPUTS = frozenset({"cross_attention_mask"})
+
+
+def is_per_token(key: str, shape: tuple[int, ...], length: int) -> bool:
+    """True if a processor output of `shape` (with its batch axis of 1) has one entry per token of the sample."""
+    if len(shape) < 2 or shape[0] != 1 or shape[1] != length:
+        return False
+    return len(shape) == 2 or key in PER_TOKEN_INPUTS
 
 
 def count_trained(labels: list[int]) -> int:
@@ -91,13 +103,17 @@ class VisionCollator:
     """Pads a list of encoded samples into one batch (right padding, labels padded with IGNORE_INDEX).
 
     Vision inputs are concatenated along the first axis, the layout Qwen-VL models expect for
-    `pixel_values` (patches of all images) and `image_grid_thw` (one row per image).
+    `pixel_values` (patches of all images) and `image_grid_thw` (one row per image), and Mllama's for its
+    per-sample `pixel_values` (1, images, tiles, 3, H, W) and aspect-ratio inputs (padded when the image or
+    tile counts differ). Per-token inputs are padded along the tokens (`PER_TOKEN_INPUTS`). Mllama needs
+    every sample of a batch to have images (the synthetic sets always do).
     """
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        import numpy as np
         import torch
 
         longest = max(len(s["input_ids"]) for s in samples)
@@ -116,12 +132,27 @@ class VisionCollator:
             values = [(row, _tensor(s[key])) for row, s in enumerate(samples) if s.get(key) is not None]
             if not values:
                 continue
-            if values[0][1].dim() == 1:  # per token (Qwen's mm_token_type_ids): pad like input_ids
-                batch[key] = torch.zeros((len(samples), longest), dtype=values[0][1].dtype)
+            if values[0][1].dim() == 1 or key in PER_TOKEN_INPUTS:
+                # Per token (Qwen's mm_token_type_ids; Mllama's cross_attention_mask, whose image and tile axes
+                # are padded to the batch's largest too): zeros where a row is padding, like attention_mask.
+                shape = [max(v.shape[d] for _, v in values) for d in range(1, values[0][1].dim())]
+                batch[key] = torch.zeros((len(samples), longest, *shape), dtype=values[0][1].dtype)
                 for row, value in values:
-                    batch[key][row, : len(value)] = value
+                    batch[key][(row, *(slice(0, n) for n in value.shape))] = value
+            elif values[0][1].dim() >= 2 and all(v.shape[0] == 1 for _, v in values) and len(values) > 1 and (
+                    len({v.shape[1:] for _, v in values}) > 1):
+                # Per-sample vision inputs with a batch axis (Mllama's pixel_values, aspect_ratio_ids/mask) whose
+                # image or tile counts differ: zero-padded to the largest, as Mllama's processor pads a batch.
+                shape = [max(v.shape[d] for _, v in values) for d in range(1, values[0][1].dim())]
+                padded = torch.zeros((len(values), *shape), dtype=values[0][1].dtype)
+                for k, (_, value) in enumerate(values):
+                    padded[(k, *(slice(0, n) for n in value.shape[1:]))] = value[0]
+                batch[key] = padded
             else:  # vision inputs: a text-only sample has none, so concatenate over those that do
-                batch[key] = torch.cat([value for _, value in values], dim=0)
+                # numpy's concatenate: torch.cat took 2-6× longer on 38 MB of pixel_values (benchmarks/README.md).
+                tensors = [value for _, value in values]
+                batch[key] = (torch.cat(tensors, dim=0) if tensors[0].dtype == torch.bfloat16 else
+                              torch.from_numpy(np.concatenate([t.numpy() for t in tensors], axis=0)))
         return batch
 
 
@@ -130,4 +161,7 @@ def _tensor(value: Any) -> Any:
     import numpy as np
     import torch
 
-    return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value))
+    if isinstance(value, torch.Tensor):
+        return value
+    array = np.asarray(value)  # no copy of a writable array (the loader's pixel_values); read-only ones are copied
+    return torch.from_numpy(array if array.flags.writeable else array.copy())

@@ -1,4 +1,4 @@
-"""An image-only Qwen2-VL processor, for machines without torchvision.
+"""Image-only Qwen2-VL and Qwen2.5-VL processors, for machines without torchvision.
 
 In transformers 5.23 the stock `Qwen2VLProcessor` always wants a video processor, and every video processor
 needs torchvision: building it fails (`VIDEO_PROCESSOR_MAPPING ... _extra_content`) and so does loading it
@@ -12,7 +12,7 @@ This module imports transformers at import time: import it lazily (models.py and
 
 from __future__ import annotations
 
-from transformers import AutoProcessor, Qwen2VLConfig, Qwen2VLProcessor
+from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLProcessor, Qwen2VLConfig, Qwen2VLProcessor
 
 
 class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
@@ -22,6 +22,15 @@ class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
         super().__init__(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
 
 
+class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
+    """The same for Qwen2.5-VL, whose processor differs from Qwen2-VL's only for videos (timing) and in
+    returning `mm_token_type_ids`, which its model's rotary position code reads."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
+
+
 def register() -> None:
-    """Let `AutoProcessor` resolve checkpoints naming this class (the built-in tiny model) or no class."""
+    """Let `AutoProcessor` resolve checkpoints naming these classes (the built-in tiny models) or no class."""
     AutoProcessor.register(Qwen2VLConfig, Qwen2VLImageOnlyProcessor, exist_ok=True)
+    AutoProcessor.register(Qwen2_5_VLConfig, Qwen2_5_VLImageOnlyProcessor, exist_ok=True)

@@ -1,8 +1,9 @@
 """Tokenising a recipe's dataset into the cache (see cache.py for the layout), and serving it to the trainer.
 
 Each sample is encoded once: chat template, processor, labels for `loss_on`. Stored per sample: its id, token ids
-and labels (int32), the processor's small outputs (`image_grid_thw`, `mm_token_type_ids`) and each image resized
-to the model's resolution as raw RGB. `pixel_values` are not stored: the data loader recomputes them, bit-identical,
+and labels (int32), the processor's small outputs (`image_grid_thw`, `mm_token_type_ids`, Mllama's aspect-ratio
+inputs and `cross_attention_mask`) and each image resized to the model's resolution (Qwen-VL; Mllama's as they came)
+as raw RGB. `pixel_values` are not stored: the data loader recomputes them, bit-identical,
 with the model's image processor (cached_inputs.py says how, benchmarks/README.md why).
 
 A sample is dropped, never silently mangled, when it is longer than `data.max_length` (and the recipe says
@@ -171,6 +172,7 @@ def _build(recipe: Recipe, fp: cache.Fingerprint, processor: Any, family: Any, s
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "inputs": fp.inputs, "model_path": fp.model_path,
         "images": layout["images"], "ids_without_pixels": layout["expand"], "extras": layout["extras"],
+        "nested_images": layout["nested"],
         "image_token_id": layout["image_token_id"],
         "label_spec": {"image_ids": sorted(spec.image_ids), "header_ids": list(spec.header_ids),
                        "end_id": spec.end_id, "pad_id": spec.pad_id},
@@ -353,6 +355,7 @@ def _schema(layout: dict[str, Any]) -> Any:
 def open_splits(result: TokenizeResult, processor: Any) -> tuple[Any, Any]:
     """(train, test) of a cache entry as memory-mapped `datasets.Dataset`s serving model inputs; test may be None."""
     import datasets
+    import pyarrow.compute as pc
 
     opened = []
     for name in (result.stats["train_split"], result.stats["test_split"]):
@@ -362,7 +365,11 @@ def open_splits(result: TokenizeResult, processor: Any) -> tuple[Any, Any]:
             continue
         parts = [datasets.Dataset.from_file(str(result.path / shard["file"])) for shard in shards]
         dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-        opened.append(dataset.with_transform(ModelInputs(processor.image_processor, result.manifest["extras"])))
+        # Token counts for `training.group_by_length` (transformers reads the `length` column), from the ids alone.
+        lengths = pc.list_value_length(dataset.data.column("input_ids")).to_numpy()
+        dataset = dataset.add_column("length", lengths)
+        opened.append(dataset.with_transform(ModelInputs(processor.image_processor, result.manifest["extras"],
+                                                         result.manifest.get("nested_images", False))))
     return opened[0], opened[1]
 
 

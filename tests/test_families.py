@@ -1,0 +1,203 @@
+"""Every model family × every variant: the built-in tiny models, labels, the tokenised cache, training with
+per-component freezing, and a smoke benchmark (CPU; the matrix is marked slow and takes about a minute)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from vlmtune_cli import builtin_models
+from vlmtune_cli.cli import app
+from vlmtune_cli.errors import UsageError
+from vlmtune_cli.families import COMPONENTS, component_of, family_for_model_type
+from vlmtune_cli.labels import IGNORE_INDEX, LabelSpec, VisionCollator, encode_sample
+from vlmtune_cli.models import load_family, load_model, load_processor, load_trained_model, resolve_model_path
+from vlmtune_cli.recipe import load_recipe
+from vlmtune_cli.schema import DataSection, ModelSection
+
+from .conftest import RECIPES
+
+runner = CliRunner()
+
+# family -> (smoke recipe, built-in model)
+FAMILIES = {
+    "qwen2-vl": ("smoke.toml", "builtin:tiny-qwen2-vl"),
+    "qwen2.5-vl": ("smoke-qwen2.5-vl.toml", "builtin:tiny-qwen2.5-vl"),
+    "mllama": ("smoke-mllama.toml", "builtin:tiny-mllama"),
+}
+# The [tuning] tables of recipes/v1.toml-v4.toml.
+VARIANTS = {
+    "v1": {"loss_on": "all", "vision": "lora", "projector": "lora", "llm": "lora"},
+    "v2": {"loss_on": "assistant", "vision": "lora", "projector": "lora", "llm": "lora"},
+    "v3": {"loss_on": "assistant", "vision": "full", "projector": "full", "llm": "frozen"},
+    "v4": {"loss_on": "assistant", "vision": "frozen", "projector": "frozen", "llm": "lora"},
+}
+SMALL = ["data.num_samples=8", "data.max_samples=8", "data.split_ratio=0.75", "training.max_steps=3",
+         "training.warmup_steps=0", "training.eval_steps=100", "training.save_steps=100", "training.logging_steps=1",
+         "benchmark.max_new_tokens=8", "training.report_to=[]"]
+
+
+@pytest.fixture(scope="module")
+def built(cache_dir: Path) -> Path:
+    """The session cache with the three tiny models built in it."""
+    for _, name in FAMILIES.values():
+        resolve_model_path(name, cache_dir)
+    return cache_dir
+
+
+def _section(family: str) -> ModelSection:
+    return ModelSection(name=FAMILIES[family][1], dtype="float32")
+
+
+def _chat(answer: str, images: int = 1) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image"}] * images + [{"type": "text", "text": "Detect it."}]},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+
+
+# --- the built-in models ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_parameter_lies_in_exactly_one_component_and_each_component_has_some(built: Path, family: str) -> None:
+    model = load_model(_section(family), built)
+    found = family_for_model_type(model.config.model_type)
+    assert found.name == family
+    counts = {c: 0 for c in COMPONENTS}
+    for name, param in model.named_parameters():
+        counts[component_of(found, name)] += param.numel()
+    assert all(counts.values()), counts
+    assert 150_000 < sum(counts.values()) < 400_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("builder", [builtin_models.build_tiny_qwen2_5_vl, builtin_models.build_tiny_mllama])
+def test_builders_are_deterministic(tmp_path: Path, builder) -> None:
+    def digest(directory: Path) -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+    builder(tmp_path / "a")
+    builder(tmp_path / "b")
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing left of the atomic build
+
+
+def test_mllama_processor_loads_without_the_image_only_fallback_and_refuses_pixel_bounds(built: Path) -> None:
+    processor = load_processor(_section("mllama"), DataSection(), built)
+    assert type(processor).__name__ == "MllamaProcessor"
+    assert processor.image_processor.size["height"] == builtin_models.MLLAMA_IMAGE_SIZE
+    with pytest.raises(UsageError, match="min_pixels/max_pixels"):
+        load_processor(_section("mllama"), DataSection(max_pixels=50176), built)
+
+
+def test_mllama_cross_attention_gates_are_not_zero(built: Path) -> None:
+    model = load_model(_section("mllama"), built)
+    gates = {n: p for n, p in model.named_parameters() if n.endswith(("attn_gate", "mlp_gate"))}
+    assert gates and all(bool(p.ne(0).all()) for p in gates.values())
+
+
+# --- labels -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_labels_per_family(built: Path, family: str) -> None:
+    """v1 masks exactly the image tokens; v2 trains exactly the answer and its end-of-turn token."""
+    processor = load_processor(_section(family), DataSection(), built)
+    fam = load_family(_section(family), built)
+    spec = LabelSpec.for_family(processor.tokenizer, fam)
+    tokenizer = processor.tokenizer
+    sample = {"messages": _chat("[12, 40, 180, 200]"), "images": [Image.new("RGB", (200, 250), "red")]}
+    every = encode_sample(processor, spec, sample, "all", 4096)
+    ids = every["input_ids"].tolist()
+    masked = [t for t, label in zip(ids, every["labels"], strict=True) if label == IGNORE_INDEX]
+    assert masked and set(masked) <= spec.image_ids
+    image_ids = {tokenizer.convert_tokens_to_ids(t) for t in fam.image_tokens}
+    assert len(masked) == sum(1 for t in ids if t in image_ids)
+    if family == "mllama":
+        assert masked == [tokenizer.convert_tokens_to_ids("<|image|>")]
+
+    answer = encode_sample(processor, spec, sample, "assistant", 4096)
+    trained = [t for t in answer["labels"] if t != IGNORE_INDEX]
+    assert tokenizer.decode(trained, skip_special_tokens=False) == "[12, 40, 180, 200]" + fam.end_of_turn
+    assert trained[-1] == tokenizer.convert_tokens_to_ids(fam.end_of_turn)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_cached_batches_equal_the_in_memory_encoding(workspace: Path, built: Path, family: str) -> None:
+    """One and two images of odd sizes per sample: the cache gives the collator what the processor gives."""
+    from vlmtune_cli.data import load_splits
+    from vlmtune_cli.tokenized import open_splits, read_rows, tokenize_recipe
+
+    for name, size in (("a", (97, 131)), ("b", (300, 200)), ("c", (224, 224))):
+        Image.new("RGB", size, "blue").save(workspace / f"{name}.png")
+    rows = [{"id": "one", "messages": _chat("[1, 2, 30, 40]"), "images": ["a.png"]},
+            {"id": "two", "messages": _chat("the first", images=2), "images": ["b.png", "c.png"]},
+            {"id": "three", "messages": _chat("square"), "images": ["c.png"]}]
+    (workspace / "set.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = load_recipe(RECIPES / FAMILIES[family][0], ["data.source=set.jsonl", "data.split_ratio=1.0"])
+    processor = load_processor(recipe.model, recipe.data, built)
+    fam = load_family(recipe.model, built)
+    result = tokenize_recipe(recipe, built, processor=processor, family=fam, force=True, progress=False)
+    samples = load_splits(recipe.data, box_format=fam.box_format, processor=processor)["train"]
+    spec = LabelSpec.for_family(processor.tokenizer, fam)
+    in_memory = {s["id"]: encode_sample(processor, spec, s, "assistant", 512) for s in samples}
+    train, _ = open_splits(result, processor)
+    cached = {row["id"]: train[i] for i, row in enumerate(read_rows(result, 10))}
+    collate = VisionCollator(pad_id=spec.pad_id)
+    for ids in (["one", "two", "three"], ["two", "one"], ["three"]):
+        expected = collate([in_memory[i] for i in ids])
+        got = collate([cached[i] for i in ids])
+        assert expected.keys() == got.keys()
+        for name in expected:
+            assert expected[name].dtype == got[name].dtype, name
+            assert torch.equal(expected[name], got[name]), name
+    if family == "mllama":
+        assert expected["cross_attention_mask"].shape[:2] == expected["input_ids"].shape
+
+
+# --- the matrix: every family × v1-v4 trains; frozen components stay bit-identical; a smoke benchmark ---------
+
+
+def _by_component(model, family) -> dict[str, dict[str, torch.Tensor]]:
+    parts: dict[str, dict[str, torch.Tensor]] = {c: {} for c in COMPONENTS}
+    for name, param in model.named_parameters():
+        parts[component_of(family, name)][name] = param.detach().clone()
+    return parts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_trains_every_variant(workspace: Path, built: Path, family: str, variant: str) -> None:
+    recipe_file = RECIPES / FAMILIES[family][0]
+    overrides = [*SMALL, f"variant={family}-{variant}", *(f"tuning.{k}={v}" for k, v in VARIANTS[variant].items())]
+    result = runner.invoke(app, ["train", str(recipe_file), *(a for o in overrides for a in ("--set", o))])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    run = Path("runs") / f"{family}-{variant}"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["global_step"] == 3 and summary["final_loss"] is not None
+
+    recipe = load_recipe(recipe_file, overrides)
+    fam = load_family(recipe.model, built)
+    before = _by_component(load_model(recipe.model, built), fam)
+    after = _by_component(load_trained_model(recipe.model, run / "final", built), fam)
+    for component in COMPONENTS:
+        assert before[component].keys() == after[component].keys()
+        changed = [n for n in before[component] if not torch.equal(before[component][n], after[component][n])]
+        if getattr(recipe.tuning, component) == "frozen":
+            assert changed == [], f"{component} is frozen but changed: {changed[:3]}"
+        else:
+            assert changed, f"{component} is set to {getattr(recipe.tuning, component)} but did not change"
+
+    if variant == "v2":  # a smoke benchmark per family: scores may be 0, the files and the parser must work
+        bench = runner.invoke(app, ["benchmark", str(run), "--limit", "2", "--batch-size", "2", "--json"])
+        assert bench.exit_code == 0, bench.output + repr(bench.exception)
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["family"] == family and metrics["box_format"] == fam.box_format
+        predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+        assert len(predictions) == 2 and all("parsed" in p for p in predictions)
