@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from vlmtune_cli import __version__
-from vlmtune_cli.commands import benchmark, chain, recipes, submit, tokenize, train
+from vlmtune_cli.commands import benchmark, chain, export, predict, recipes, submit, tokenize, train
 from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import VlmtuneError
 
@@ -63,6 +63,8 @@ app.command("train")(train.train)
 app.command("tokenize")(tokenize.tokenize)
 app.command("benchmark")(benchmark.benchmark)
 app.command("submit")(submit.submit)
+app.command("export")(export.export)
+app.command("predict")(predict.predict)
 app.add_typer(chain.app, name="chain")
 app.add_typer(recipes.app, name="recipes")
 

@@ -101,11 +101,11 @@ def checkpoint_name(value: str | None) -> str:
     return f"checkpoint-{match.group(1)}"
 
 
-def run_target(path: Path, checkpoint: str | None = None) -> Target:
-    """The run in `path`, at its final weights or a named complete checkpoint.
+def run_target(path: Path, checkpoint: str | None = None, command: str = "benchmark", args: str = "") -> Target:
+    """The run in `path`, at its final weights or a named complete checkpoint (N or checkpoint-N).
 
-    Raises UsageError for a directory that is not a run, a run that did not finish (naming its complete
-    checkpoints), or a checkpoint that does not exist or is incomplete.
+    Raises UsageError for a directory that is not a run, a run that did not finish (listing its checkpoints and
+    suggesting `vlmtune {command} {path}{args} --checkpoint ...`), or a checkpoint that is missing or incomplete.
     """
     run = RunDir(Path(path))
     if not run.path.is_dir():
@@ -116,15 +116,16 @@ def run_target(path: Path, checkpoint: str | None = None) -> Target:
     recipe = load_recipe(run.recipe_file, environ={})
     name = checkpoint_name(checkpoint)
     complete = [p.name for p in run.complete_checkpoints()]
+    hint = (f"use a checkpoint: vlmtune {command} {path}{args} --checkpoint {complete[-1]}" if complete
+            else f"train it first: vlmtune train {run.recipe_file}")
     if name == "final":
         if not run.is_finished():
-            raise UsageError(f"{path} has no finished final/ (training did not finish){_listing(run)}",
-                             hint=_pick_hint(path, complete, run))
+            raise UsageError(f"{path} has no finished final/ (training did not finish){_listing(run)}", hint=hint)
         return Target(_display(run.path), run.path, recipe, name, run.final)
     weights = run.checkpoints / name
     if not is_complete(weights):
         state = "is incomplete (cut short while saving)" if weights.is_dir() else "does not exist"
-        raise UsageError(f"{path}: checkpoint {name} {state}{_listing(run)}", hint=_pick_hint(path, complete, run))
+        raise UsageError(f"{path}: checkpoint {name} {state}{_listing(run)}", hint=hint)
     return Target(f"{_display(run.path)}@{name}", run.path, recipe, name, weights)
 
 
@@ -141,12 +142,6 @@ def _listing(run: RunDir) -> str:
     incomplete = [p.name for p in run.incomplete_checkpoints()]
     text = f"; complete checkpoints: {', '.join(complete)}" if complete else "; it has no complete checkpoint"
     return text + (f"; incomplete: {', '.join(incomplete)}" if incomplete else "")
-
-
-def _pick_hint(path: Path, complete: list[str], run: RunDir) -> str:
-    if complete:
-        return f"benchmark a checkpoint: vlmtune benchmark {path} --checkpoint {complete[-1]}"
-    return f"train it first: vlmtune train {run.recipe_file}"
 
 
 def latest_run(runs_dir: Path) -> Path:

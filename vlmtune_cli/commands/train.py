@@ -1,4 +1,4 @@
-"""vlmtune train [RECIPE] [--set KEY=VALUE ...] [--dry-run] [--resume] [--overwrite]
+"""vlmtune train [RECIPE] [--set KEY=VALUE ...] [--dry-run] [--resume] [--overwrite] [--json]
 
 Train a recipe on this machine. Outputs go to `<runs_dir>/<variant>/`; a run directory that holds a
 complete checkpoint of the same recipe is resumed from it automatically. SIGTERM or Ctrl-C saves a
@@ -7,11 +7,13 @@ checkpoint after the current step and exits with 128 + the signal number (143, 1
     vlmtune train recipes/smoke.toml
     vlmtune train recipes/v2.toml --dry-run
     vlmtune train recipes/v2.toml --set training.lr=5e-5 --set data.max_samples=100
+    vlmtune train recipes/smoke.toml --json      # one JSON object: run_dir, global_step, final_loss, ...
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sys
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from vlmtune_cli.commands._options import OverrideOpt, RecipeArg
+from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg
 from vlmtune_cli.console import console, err_console
 from vlmtune_cli.recipe import dump_recipe, load_recipe
 from vlmtune_cli.settings import load_settings, resolve_recipe_path
@@ -35,6 +37,7 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Delete the run directory of this variant and start over.")
     ] = False,
+    json_output: JsonOpt = False,
 ) -> None:
     """Train a recipe here (resumes automatically from the run's newest complete checkpoint)."""
     settings = load_settings()
@@ -47,6 +50,11 @@ def train(
 
     with _stop_with_checkpoint_on_signals() as received:
         result = run_training(resolved, settings, overwrite=overwrite, require_resume=resume, argv=sys.argv)
+    if json_output:  # also when stopped by a signal: `finished` is then false
+        resumed = str(result.resumed_from) if result.resumed_from else None
+        typer.echo(json.dumps({"run_dir": str(result.run_dir), "global_step": result.global_step,
+                               "final_loss": result.final_loss, "seconds": round(result.seconds, 3),
+                               "resumed_from": resumed, "finished": result.finished}))
     if received and not result.finished:
         err_console.print(
             f"[yellow]stopped by {received[0].name} at step {result.global_step}; a checkpoint is saved in "
@@ -54,6 +62,8 @@ def train(
             highlight=False,
         )
         raise typer.Exit(128 + received[0].value)
+    if json_output:
+        return
     loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
     console.print(
         f"trained {resolved.variant}: {result.global_step} steps, final loss {loss}, "
