@@ -30,7 +30,7 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff over the package, the tests and the benchmarks."""
     session.install("ruff")
-    session.run("ruff", "check", "vlmtune_cli", "tests", "noxfile.py")
+    session.run("ruff", "check", "vlmtune_cli", "tests", "benchmarks", "noxfile.py")
 
 
 @nox.session
@@ -38,3 +38,10 @@ def smoke(session: nox.Session) -> None:
     """Train the smoke recipe on the built-in tiny model."""
     _install(session)
     session.run("vlmtune", "train", "recipes/smoke.toml", "--overwrite")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The performance suite (benchmarks/run.py; not a default session): `nox -s bench -- --quick` for a short run."""
+    _install(session)
+    session.run("python", "benchmarks/run.py", *session.posargs)

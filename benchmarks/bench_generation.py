@@ -28,7 +28,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--recipe", type=Path, default=REPO / "recipes" / "smoke.toml")
     args = parser.parse_args()
+    result = measure(args.samples, args.batch_size, args.max_new_tokens, args.repeats, args.threads, args.recipe)
+    single, batched = min(result["batch1_seconds"]), min(result["batched_seconds"])
+    n = result["samples"]
+    print(f"{n} samples, {args.max_new_tokens} new tokens each, {result['threads']} CPU threads, "
+          f"best of {args.repeats}")
+    print(f"batch 1:  {n / single:7.1f} samples/s")
+    print(f"batch {args.batch_size}: {n / batched:7.1f} samples/s")
+    print(f"ratio:    {single / batched:7.1f}x   (goal: >= 5x at batch 16); identical outputs: "
+          f"{result['identical']}/{n}")
 
+
+def measure(samples: int = 32, batch_size: int = 16, max_new_tokens: int = 48, repeats: int = 3, threads: int = 0,
+            recipe_path: Path = REPO / "recipes" / "smoke.toml") -> dict:
+    """Time `evaluate.generate` at batch 1 and at `batch_size`, alternating, `repeats` times each.
+
+    Returns {"samples", "threads", "identical", "batch1_seconds": [...], "batched_seconds": [...]}.
+    """
     import torch
 
     from vlmtune_cli import evaluate, models
@@ -37,36 +53,32 @@ def main() -> None:
     from vlmtune_cli.settings import load_settings
 
     settings = load_settings()
-    recipe = load_recipe(args.recipe, [f"data.num_samples={args.samples}", f"data.max_samples={args.samples}",
+    recipe = load_recipe(recipe_path, [f"data.num_samples={samples}", f"data.max_samples={samples}",
                                        "data.split_ratio=1.0"], environ={})
     model = models.load_model(recipe.model, settings.cache_dir).eval()
     processor = models.load_processor(recipe.model, recipe.data, settings.cache_dir)
     family = models.load_family(recipe.model, settings.cache_dir)
-    samples = load_splits(recipe.data, box_format=family.box_format, processor=processor)[recipe.data.train_split]
+    data = load_splits(recipe.data, box_format=family.box_format, processor=processor)[recipe.data.train_split]
 
-    def timed(batch_size: int) -> tuple[float, list[str]]:
+    def timed(size: int) -> tuple[float, list[str]]:
         started = time.perf_counter()
-        _, outputs = evaluate.generate(model, processor, samples, batch_size=batch_size,
-                                       max_new_tokens=args.max_new_tokens)
+        _, outputs = evaluate.generate(model, processor, data, batch_size=size, max_new_tokens=max_new_tokens)
         return time.perf_counter() - started, outputs
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    evaluate.generate(model, processor, samples[:2], batch_size=2, max_new_tokens=4)  # warm-up
-    # Alternate the two modes so a change in the machine's load hits both alike; keep each one's fastest run.
-    single = batched = float("inf")
-    for _ in range(args.repeats):
+    if threads:
+        torch.set_num_threads(threads)
+    evaluate.generate(model, processor, data[:2], batch_size=2, max_new_tokens=4)  # warm-up
+    # Alternate the two modes so a change in the machine's load hits both alike.
+    single: list[float] = []
+    batched: list[float] = []
+    for _ in range(repeats):
         seconds, single_out = timed(1)
-        single = min(single, seconds)
-        seconds, batched_out = timed(args.batch_size)
-        batched = min(batched, seconds)
+        single.append(seconds)
+        seconds, batched_out = timed(batch_size)
+        batched.append(seconds)
     same = sum(a == b for a, b in zip(single_out, batched_out, strict=True))
-    print(f"{len(samples)} samples, {args.max_new_tokens} new tokens each, {torch.get_num_threads()} CPU threads, "
-          f"best of {args.repeats}")
-    print(f"batch 1:  {len(samples) / single:7.1f} samples/s")
-    print(f"batch {args.batch_size}: {len(samples) / batched:7.1f} samples/s")
-    print(f"ratio:    {single / batched:7.1f}x   (goal: >= 5x at batch 16); identical outputs: {same}/{len(samples)}")
-
+    return {"samples": len(data), "threads": torch.get_num_threads(), "identical": same,
+            "batch1_seconds": single, "batched_seconds": batched}
 
 if __name__ == "__main__":
     main()

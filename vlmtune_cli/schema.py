@@ -157,6 +157,11 @@ class TrainingSection(StrictModel):
     """Where metrics go. TensorBoard logs land in the run directory under `logs/`."""
     dataloader_num_workers: int = Field(0, ge=0)
     """Worker processes that prepare batches."""
+    group_by_length: bool = False
+    """Batch samples of similar token counts together so less of each batch is padding (transformers'
+    length-grouped sampler: shuffled, then sorted by length within mega-batches of up to 50 batches). Lengths come
+    from the tokenised-data cache (no sample is loaded to find them); the order depends on the seed and the epoch
+    only, so a resumed run sees the same batches."""
     extra: dict[str, Any] = {}
     """Further `SFTConfig`/`TrainingArguments` keys passed through unchanged (upstream names)."""
 
