@@ -182,12 +182,13 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so(tiny_
 
 def test_second_trainer_on_the_same_run_directory_is_refused(tmp_path: Path, cache_dir: Path) -> None:
     env = environment(tmp_path / "runs", cache_dir)
-    first = subprocess.Popen(command(), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    long_run = command("--set", "training.epochs=2000")  # outlives the second process's start-up on any machine
+    first = subprocess.Popen(long_run, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while not (tmp_path / "runs" / "smoke" / "recipe.toml").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        second = subprocess.run(command(), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        second = subprocess.run(long_run, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert second.returncode == 2, second.stderr
         assert "is being trained by pid" in second.stderr and "two trainings cannot write one run directory" in \
             second.stderr
@@ -195,7 +196,8 @@ def test_second_trainer_on_the_same_run_directory_is_refused(tmp_path: Path, cac
         first.kill()
         first.wait()
     # The kernel dropped the dead holder's lock: the next train is not stuck.
-    again = subprocess.run(command(), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(command("--overwrite"), env=env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300)
     assert again.returncode == 0, again.stderr
 
 
