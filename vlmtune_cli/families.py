@@ -9,7 +9,7 @@ Imports nothing heavy: recipe validation and `--help` may use it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from vlmtune_cli.errors import UsageError, VlmtuneError
@@ -53,32 +53,27 @@ class Family:
         }[component]
 
 
-_QWEN_IMAGE_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
-_QWEN_PROCESSOR = "vlmtune_cli.qwen2_vl_processor:Qwen2VLImageOnlyProcessor"
+_QWEN2_VL = Family(
+    name="qwen2-vl",
+    model_types=("qwen2_vl",),
+    # model.visual holds patch_embed, blocks and the merger; the merger is the projector.
+    vision_prefixes=("model.visual.patch_embed.", "model.visual.blocks."),
+    projector_prefixes=("model.visual.merger.",),
+    llm_prefixes=("model.language_model.", "lm_head."),
+    image_tokens=("<|vision_start|>", "<|image_pad|>", "<|vision_end|>"),
+    assistant_header="<|im_start|>assistant\n",
+    end_of_turn="<|im_end|>",
+    box_format="qwen2-vl-grid",  # <|box_start|>(x1,y1),(x2,y2)<|box_end|> on a 0-1000 grid
+    image_only_processor="vlmtune_cli.qwen2_vl_processor:Qwen2VLImageOnlyProcessor",
+)
 
 FAMILIES: tuple[Family, ...] = (
-    Family(
-        name="qwen2-vl",
-        model_types=("qwen2_vl",),
-        # model.visual holds patch_embed, blocks and the merger; the merger is the projector.
-        vision_prefixes=("model.visual.patch_embed.", "model.visual.blocks."),
-        projector_prefixes=("model.visual.merger.",),
-        llm_prefixes=("model.language_model.", "lm_head."),
-        image_tokens=_QWEN_IMAGE_TOKENS,
-        assistant_header="<|im_start|>assistant\n",
-        end_of_turn="<|im_end|>",
-        box_format="qwen2-vl-grid",  # <|box_start|>(x1,y1),(x2,y2)<|box_end|> on a 0-1000 grid
-        image_only_processor=_QWEN_PROCESSOR,
-    ),
-    Family(
+    _QWEN2_VL,
+    # Qwen2.5-VL keeps Qwen2-VL's module layout, tokens and chat format; only its boxes and processor differ.
+    replace(
+        _QWEN2_VL,
         name="qwen2.5-vl",
         model_types=("qwen2_5_vl",),
-        vision_prefixes=("model.visual.patch_embed.", "model.visual.blocks."),
-        projector_prefixes=("model.visual.merger.",),
-        llm_prefixes=("model.language_model.", "lm_head."),
-        image_tokens=_QWEN_IMAGE_TOKENS,
-        assistant_header="<|im_start|>assistant\n",
-        end_of_turn="<|im_end|>",
         box_format="qwen2.5-vl-json",  # {"bbox_2d": [x1, y1, x2, y2]} in pixels of the resized image
         image_only_processor="vlmtune_cli.qwen2_vl_processor:Qwen2_5_VLImageOnlyProcessor",
     ),

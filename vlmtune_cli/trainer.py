@@ -287,6 +287,8 @@ def _guarded(trainer_class: type) -> type:
     logged loss would only show it `logging_steps` later, after a checkpoint may have saved poisoned weights.
     """
 
+    from vlmtune_cli.sampling import epoch_seeded_length_sampler, stored_lengths
+
     class GuardedTrainer(trainer_class):  # type: ignore[misc, valid-type]
         def training_step(self, *args: Any, **kwargs: Any) -> Any:
             loss = super().training_step(*args, **kwargs)
@@ -298,14 +300,14 @@ def _guarded(trainer_class: type) -> type:
         # the loader's transform (pixel work) for every sample, many times; read the stored column instead.
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             dataset = self.train_dataset if train_dataset is None else train_dataset
-            if (lengths := _stored_lengths(self.args, dataset)) is None:
+            if (lengths := stored_lengths(self.args, dataset)) is None:
                 return super()._get_train_sampler(train_dataset)
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return _epoch_seeded_length_sampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            return epoch_seeded_length_sampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                                 lengths, seed)
 
         def _get_eval_sampler(self, eval_dataset: Any) -> Any:
-            if (lengths := _stored_lengths(self.args, eval_dataset)) is None:
+            if (lengths := stored_lengths(self.args, eval_dataset)) is None:
                 return super()._get_eval_sampler(eval_dataset)
             import torch
             from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -315,37 +317,6 @@ def _guarded(trainer_class: type) -> type:
                                         generator=torch.Generator().manual_seed(seed))
 
     return GuardedTrainer
-
-
-def _epoch_seeded_length_sampler(batch_size: int, lengths: list[int], seed: int) -> Any:
-    """transformers' LengthGroupedSampler with its order a function of (seed, epoch) alone.
-
-    The stock one draws from the global RNG, so a run resumed mid-epoch would see another order than the
-    uninterrupted run; the trainer calls `set_epoch` before each epoch, and skipping batches on resume then
-    skips exactly those the interrupted run trained on.
-    """
-    import torch
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
-    class EpochSeeded(LengthGroupedSampler):
-        epoch = 0
-
-        def set_epoch(self, epoch: int) -> None:
-            self.epoch = epoch
-
-        def __iter__(self) -> Any:
-            self.generator.manual_seed(seed + self.epoch)
-            return super().__iter__()
-
-    return EpochSeeded(batch_size, lengths=lengths, generator=torch.Generator())
-
-
-def _stored_lengths(args: Any, dataset: Any) -> list[int] | None:
-    """The dataset's length column read without its transform, when the args group by length; else None."""
-    name = args.length_column_name
-    if args.train_sampling_strategy != "group_by_length" or name not in (getattr(dataset, "column_names", None) or ()):
-        return None
-    return list(dataset.with_format(None)[name])
 
 
 def _save_final(trainer: Any, processor: Any, run: RunDir) -> Path:
