@@ -48,7 +48,6 @@ import os
 import random
 import re
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,12 +57,12 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from vlmtune_cli import synthetic
-from vlmtune_cli.errors import UsageError, VlmtuneError
+from vlmtune_cli.data_hub import load_hub
+from vlmtune_cli.errors import UsageError
 from vlmtune_cli.schema import BUILTIN_DATASETS, DataSection
 
 ROLES = ("system", "user", "assistant")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-_TRUE = {"1", "true", "yes", "on"}
 
 # A source is a count and a way to build sample i, so only the samples a subset keeps are materialised.
 Rows = tuple[int, Callable[[int], dict[str, Any]]]
@@ -145,7 +144,7 @@ def lazy_splits(data: DataSection, *, box_format: str, processor=None) -> dict[s
     elif kind == "folder":
         rows, named = _pick_splits(_load_folder(Path(source).expanduser(), data), data, source)
     else:
-        rows, named = _pick_splits(_load_hub(data), data, source)
+        rows, named = _pick_splits(load_hub(data), data, source)
 
     if named is not None:
         splits = {split: _subset(rows_, data, salt=split) for split, rows_ in named.items()}
@@ -366,54 +365,3 @@ def _plugin_splits(data: DataSection, processor: Any) -> dict[str, Rows]:
                                  hint="return a datasets.Dataset or a list of {'messages', 'images'} dicts")
         named[split] = _dataset_rows(result, f"{path.stem}-{split}", path.parent)
     return named
-
-
-def _offline() -> bool:
-    import datasets
-
-    flags = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
-    return datasets.config.HF_HUB_OFFLINE or any(os.environ.get(f, "").lower() in _TRUE for f in flags)
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    url, reached = urlparse(constants.ENDPOINT), []
-
-    def probe() -> None:  # in a thread because name resolution ignores socket timeouts
-        try:
-            socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-            reached.append(True)
-        except OSError:
-            pass
-
-    (thread := threading.Thread(target=probe, daemon=True)).start()
-    thread.join(timeout + 0.5)
-    return bool(reached)
-
-
-def _load_hub(data: DataSection) -> Any:
-    import datasets
-    from huggingface_hub import constants
-
-    offline = _offline() or not _hub_reachable()
-    kwargs = {"name": data.options.get("hub_config"), "revision": data.options.get("hub_revision")}
-    saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
-    if offline:
-        # Offline mode makes datasets answer from its cache at once instead of retrying for half a minute.
-        datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
-    try:
-        return datasets.load_dataset(data.source, **kwargs)
-    except Exception as exc:
-        if offline:
-            raise VlmtuneError(
-                f"{data.source!r} is not a local file or folder, and the Hugging Face Hub is unreachable "
-                "(offline) with no cached copy of it",
-                hint="use a local source: a .jsonl file, a folder saved with save_to_disk or of parquet "
-                     "files, a plugin 'file.py:function', or builtin:synthetic-detection") from exc
-        raise UsageError(f"cannot load hub dataset {data.source!r}: {type(exc).__name__}: {exc}") from exc
-    finally:
-        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
