@@ -119,6 +119,59 @@ def test_submitted_chain_of_three_equals_uninterrupted_run(workspace: Path, refe
     assert again.exit_code == 2 and "already has a chain" in again.stderr
 
 
+# --- 2. the time limit hits mid-epoch --------------------------------------------------------------
+
+# SLURM's shortest limit is one minute. vlmtune asks for USR2 15 s before it, and slurmctld checks limits every
+# 30 s, so the signal lands 15-45 s into the job. The link is one epoch of single-sample steps sized, from a
+# calibration run on this machine, to need ~50 s of training: its first attempt is always interrupted, and since
+# the whole run is one epoch, always mid-epoch. The reference run tokenizes the data first, so the job spends its
+# minute training rather than tokenizing.
+TRAIN_SECONDS = 50
+ONE_EPOCH = ["training.batch_size=1", "training.epochs=1", "chain.epochs_per_job=1", "training.save_steps=100000",
+             "training.eval_steps=100000", "training.logging_steps=100"]
+
+
+def single_sample_steps_per_second() -> float:
+    calibration = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), *sets(*ONE_EPOCH, "data.num_samples=200",
+                                                                                  "data.max_samples=200")],
+                                env={"VLMTUNE_RUNS_DIR": "calibration"})
+    assert calibration.exit_code == 0, calibration.output
+    history = json.loads(Path("calibration/smoke/summary.json").read_text())["log_history"]
+    return next(entry["train_steps_per_second"] for entry in history if "train_steps_per_second" in entry)
+
+
+@pytest.mark.slurm
+@requires_slurm
+def test_time_limit_mid_epoch_checkpoints_requeues_and_still_equals_uninterrupted(workspace: Path) -> None:
+    steps = int(TRAIN_SECONDS * single_sample_steps_per_second())
+    samples = steps * 5 // 4  # 80 % of the synthetic samples are the train split
+    long_run = [*ONE_EPOCH, f"data.num_samples={samples}", f"data.max_samples={samples}"]
+    direct = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), *sets(*long_run)],
+                           env={"VLMTUNE_RUNS_DIR": "reference"})
+    assert direct.exit_code == 0, direct.output
+    job = runner.invoke(app, ["submit", str(RECIPES / "smoke.toml"), "--chain", "1", "--time", "00:01:00",
+                              *sets(*long_run), "--json"])
+    assert job.exit_code == 0, job.output
+    job_id = json.loads(job.stdout)["job_ids"][0]
+    run = workspace / "runs" / "smoke"
+    wait_finished(run, timeout=600)
+
+    record = json.loads((run / "chain-links" / "link-1.json").read_text())
+    attempts = [*record["history"], record]
+    assert [a["state"] for a in attempts][-1] == "done"
+    interrupted = [a for a in attempts if a["state"] == "interrupted"]
+    assert interrupted, f"the time limit never interrupted the link: {attempts}"
+    assert {a["job_id"] for a in attempts} == {job_id}, "requeued under the same job id"
+    assert [a["attempt"] for a in attempts] == list(range(len(attempts))), "SLURM's restart count, one per requeue"
+    for stop, after in zip(interrupted, attempts[1:], strict=False):
+        assert 0 < stop["epoch_end"] < 1, f"stopped mid-epoch: {stop}"
+        assert Path(stop["checkpoint"]).name == f"checkpoint-{stop['global_step']}", "a checkpoint at the stop"
+        assert after["epoch_start"] == stop["epoch_end"], "the next attempt resumes where this one stopped"
+    summaries = [json.loads((r / "summary.json").read_text()) for r in (run, workspace / "reference" / "smoke")]
+    assert summaries[0]["global_step"] == summaries[1]["global_step"] >= steps - 1
+    assert_bitwise_equal(adapter(run), adapter(workspace / "reference" / "smoke"))
+
+
 # --- 3. cancelling link 2 --------------------------------------------------------------------------
 
 
@@ -167,6 +220,23 @@ def test_chain_run_here_equals_uninterrupted_and_submitted_chain(workspace: Path
     assert state["backend"] == "local" and [link["state"] for link in state["links"]] == ["COMPLETED"] * JOBS
     again = runner.invoke(app, ["chain", "run", str(RECIPES / "smoke.toml"), "--jobs", str(JOBS), *sets()])
     assert again.exit_code == 0, again.output  # every link already trained: nothing to do
+
+
+def test_last_link_benchmarks_final_when_the_recipe_asks(workspace: Path) -> None:
+    result = runner.invoke(app, ["chain", "run", str(RECIPES / "smoke.toml"), "--jobs", "2", *sets(
+        "chain.benchmark_at_end=true", "benchmark.limit=3", "benchmark.max_new_tokens=8")])
+    assert result.exit_code == 0, result.output
+    run = workspace / "runs" / "smoke"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["samples"] == 3 and metrics["checkpoint"] == "final" and metrics["split"] == "test"
+    assert len((run / "predictions.jsonl").read_text().splitlines()) == 3
+    records = [json.loads((run / "chain-links" / f"link-{k}.json").read_text()) for k in (1, 2)]
+    assert "benchmark" not in records[0], "only the last link benchmarks"
+    assert records[1]["benchmark"] == str(run / "metrics.json")
+    state = status(run)
+    assert state["benchmark"] == {"metrics": str(run / "metrics.json")}
+    table = runner.invoke(app, ["chain", "status", str(run)])
+    assert "benchmark of final/: " in table.stdout
 
 
 # --- bad input SLURM answers ----------------------------------------------------------------------

@@ -99,6 +99,7 @@ def run_link(spec: Any, *, job_id: str | None = None, attempt: int = 0) -> dict[
     }
     if link_trained(run, spec.stop_at_epoch, recipe.training.epochs):
         record.update(state="done", ended=now(), epoch_end=epoch_start, note="already trained: nothing to do")
+        _benchmark_at_end(spec, recipe, run, settings, record)
         write_link_record(run.path, record)
         return {"link": spec.link, "done": True, "global_step": None}
     write_link_record(run.path, record)
@@ -114,8 +115,34 @@ def run_link(spec: Any, *, job_id: str | None = None, attempt: int = 0) -> dict[
         done = done or not stop_requested()
     record.update(state="done" if done else "interrupted", ended=now(), epoch_end=epoch_end,
                   global_step=result.global_step, checkpoint=str(checkpoint) if checkpoint else None)
+    if done:
+        _benchmark_at_end(spec, recipe, run, settings, record)
     write_link_record(run.path, record)
     return {"link": spec.link, "done": done, "global_step": result.global_step}
+
+
+def _benchmark_at_end(spec: Any, recipe: Recipe, run: RunDir, settings: Settings, record: dict[str, Any]) -> None:
+    """The last link benchmarks final/ when the recipe asks (`chain.benchmark_at_end`), once per run.
+
+    A failing benchmark does not fail the link: training is done and saved. The error goes into the link record
+    (and `chain status`); `vlmtune benchmark RUN_DIR` repeats it by hand.
+    """
+    if (spec.stop_at_epoch is not None or not recipe.chain.benchmark_at_end or not run.is_finished()
+            or int(os.environ.get("RANK", "0") or 0) != 0):
+        return
+    from vlmtune_cli import evaluate
+
+    target = evaluate.run_target(run.path)
+    if target.metrics_file.is_file():
+        record["benchmark"] = str(target.metrics_file)
+        return
+    try:
+        result = evaluate.benchmark(target, settings.cache_dir)
+    except VlmtuneError as exc:
+        record["benchmark_error"] = exc.message
+        print(f"benchmark after the last link failed: {exc.message}", file=sys.stderr)
+        return
+    record["benchmark"] = str(result.target.metrics_file)
 
 
 # --- what SLURM says -----------------------------------------------------------------------------
@@ -204,6 +231,16 @@ def chain_status(run_dir: Path) -> tuple[dict[str, Any], list[LinkStatus]]:
                                record.get("checkpoint") if record else None, log, done,
                                not done and slurm_state in ACTIVE))
     return manifest, rows
+
+
+def benchmark_outcome(run_dir: Path, manifest: dict[str, Any]) -> dict[str, str] | None:
+    """What the last link's benchmark left (`chain.benchmark_at_end`): {"metrics": path} or {"error": message}."""
+    record = read_link_record(Path(run_dir), int(manifest["total_jobs"])) or {}
+    if record.get("benchmark"):
+        return {"metrics": record["benchmark"]}
+    if record.get("benchmark_error"):
+        return {"error": record["benchmark_error"]}
+    return None
 
 
 def summary_line(manifest: dict[str, Any], rows: list[LinkStatus], run: RunDir) -> str:

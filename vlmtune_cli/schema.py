@@ -171,6 +171,8 @@ class ChainSection(StrictModel):
     """Number of SLURM jobs in a chain (`vlmtune submit --chain` overrides it)."""
     epochs_per_job: int = Field(1, ge=1)
     """Epochs each job of a chain trains before the next one takes over."""
+    benchmark_at_end: bool = False
+    """The last link benchmarks final/ with `[benchmark]` once training ends (metrics.json in the run directory)."""
 
 
 class SlurmSection(StrictModel):

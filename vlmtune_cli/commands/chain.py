@@ -36,16 +36,19 @@ RunDirArg = Annotated[
 @app.command("status")
 def status(run_dir: RunDirArg = None, as_json: JsonOpt = False) -> None:
     """Each link's state, combining the manifest, SLURM and what the run directory shows was trained."""
-    from vlmtune_cli.chain import chain_status, resolve_run_dir, summary_line
+    from rich.markup import escape
+
+    from vlmtune_cli.chain import benchmark_outcome, chain_status, resolve_run_dir, summary_line
     from vlmtune_cli.runs import RunDir
 
     path = resolve_run_dir(run_dir, load_settings())
     manifest, rows = chain_status(path)
     line = summary_line(manifest, rows, RunDir(path))
+    benchmark = benchmark_outcome(path, manifest)
     if as_json:
         typer.echo(json.dumps({"run_dir": str(path), "summary": line, "backend": manifest["backend"],
                                "total_jobs": manifest["total_jobs"], "total_epochs": manifest["total_epochs"],
-                               "finished": RunDir(path).is_finished(),
+                               "finished": RunDir(path).is_finished(), "benchmark": benchmark,
                                "links": [r.as_dict() for r in rows]}, indent=2))
         return
     from rich.table import Table
@@ -57,6 +60,11 @@ def status(run_dir: RunDirArg = None, as_json: JsonOpt = False) -> None:
         table.add_row(str(r.link), r.job_id or "-", r.state, r.epochs or "-",
                       Path(r.checkpoint).name if r.checkpoint else "-", r.log or "-")
     console.print(table)
+    if benchmark and "metrics" in benchmark:
+        console.print(f"benchmark of final/: {benchmark['metrics']}", highlight=False)
+    elif benchmark:
+        console.print(f"[red]benchmark of final/ failed:[/red] {escape(benchmark['error'])} "
+                      f"(repeat it with `vlmtune benchmark {path}`)")
 
 
 @app.command("resume")
