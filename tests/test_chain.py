@@ -32,12 +32,6 @@ def sets(*items: str) -> list[str]:
     return sum((["--set", s] for s in (*TINY, *items)), [])
 
 
-def adapter(run: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(run / "final" / "adapter_model.safetensors")
-
-
 def assert_bitwise_equal(a: dict, b: dict) -> None:
     import torch
 
@@ -45,15 +39,32 @@ def assert_bitwise_equal(a: dict, b: dict) -> None:
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
-@pytest.fixture(scope="module")
+FULL = ["tuning.vision=full", "tuning.projector=full", "tuning.llm=frozen"]  # the v3 shape
+_references: dict[tuple[str, ...], dict] = {}
+
+
+def final_weights(run: Path) -> dict:
+    """final/'s trained weights: the adapter (LoRA) or the whole model (full fine-tuning)."""
+    from safetensors.torch import load_file
+
+    adapter_file = run / "final" / "adapter_model.safetensors"
+    return load_file(adapter_file if adapter_file.exists() else run / "final" / "model.safetensors")
+
+
+def uninterrupted(cache_dir: Path, runs: Path, *tuning: str) -> dict:
+    """One uninterrupted `vlmtune train` of the chain's effective recipe (training.epochs = 3 × 1), once per session."""
+    if tuning not in _references:
+        result = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), *sets(f"training.epochs={JOBS}", *tuning)],
+                               env={"VLMTUNE_RUNS_DIR": str(runs), "VLMTUNE_CACHE_DIR": str(cache_dir),
+                                    "HF_HUB_OFFLINE": "1"})
+        assert result.exit_code == 0, result.output
+        _references[tuning] = final_weights(runs / "smoke")
+    return _references[tuning]
+
+
+@pytest.fixture
 def reference(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict:
-    """One uninterrupted `vlmtune train` of the chain's effective recipe (training.epochs = 3 × 1)."""
-    runs = tmp_path_factory.mktemp("reference")
-    result = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), *sets(f"training.epochs={JOBS}")],
-                           env={"VLMTUNE_RUNS_DIR": str(runs), "VLMTUNE_CACHE_DIR": str(cache_dir),
-                                "HF_HUB_OFFLINE": "1"})
-    assert result.exit_code == 0, result.output
-    return adapter(runs / "smoke")
+    return uninterrupted(cache_dir, tmp_path_factory.mktemp("reference"))
 
 
 def status(run: Path) -> dict:
@@ -91,11 +102,13 @@ def submit(*args: str) -> list[str]:
 # --- 1. a chain of 3 equals the uninterrupted run --------------------------------------------------
 
 
-@pytest.mark.parametrize("_", [None], ids=["lora"])
+@pytest.mark.parametrize("tuning", [(), tuple(FULL)], ids=["lora", "full"])
 @pytest.mark.slurm
 @requires_slurm
-def test_submitted_chain_of_three_equals_uninterrupted_run(workspace: Path, reference: dict, _: None) -> None:
-    job_ids = submit()
+def test_submitted_chain_of_three_equals_uninterrupted_run(workspace: Path, cache_dir: Path,
+                                                           tuning: tuple[str, ...]) -> None:
+    reference = uninterrupted(cache_dir, workspace / "reference", *tuning)
+    job_ids = submit(*(arg for item in tuning for arg in ("--set", item)))
     run = workspace / "runs" / "smoke"
     manifest = json.loads((run / "chain.json").read_text())
     assert [link["job_id"] for link in manifest["links"]] == job_ids and manifest["total_epochs"] == JOBS
@@ -112,9 +125,10 @@ def test_submitted_chain_of_three_equals_uninterrupted_run(workspace: Path, refe
     while any(sacct_state(j) not in ("COMPLETED", "") for j in job_ids) and time.monotonic() < deadline:
         time.sleep(1)
     assert [sacct_state(j) for j in job_ids] in (["COMPLETED"] * JOBS, [""] * JOBS)
-    weights = adapter(run)
+    weights = final_weights(run)
     assert_bitwise_equal(weights, reference)
-    _results["slurm_chain"] = weights
+    if not tuning:
+        _results["slurm_chain"] = weights
     again = runner.invoke(app, ["submit", str(RECIPES / "smoke.toml"), "--chain", str(JOBS), *sets()])
     assert again.exit_code == 2 and "already has a chain" in again.stderr
 
@@ -169,7 +183,7 @@ def test_time_limit_mid_epoch_checkpoints_requeues_and_still_equals_uninterrupte
         assert after["epoch_start"] == stop["epoch_end"], "the next attempt resumes where this one stopped"
     summaries = [json.loads((r / "summary.json").read_text()) for r in (run, workspace / "reference" / "smoke")]
     assert summaries[0]["global_step"] == summaries[1]["global_step"] >= steps - 1
-    assert_bitwise_equal(adapter(run), adapter(workspace / "reference" / "smoke"))
+    assert_bitwise_equal(final_weights(run), final_weights(workspace / "reference" / "smoke"))
 
 
 # --- 3. cancelling link 2 --------------------------------------------------------------------------
@@ -199,7 +213,7 @@ def test_cancelled_link_stops_the_chain_and_resume_finishes_it(workspace: Path, 
     assert [len(link["submissions"]) for link in manifest["links"]] == [1, 2, 2]
     state = wait_finished(run)
     assert [link["state"] for link in state["links"]] == ["COMPLETED"] * JOBS
-    assert_bitwise_equal(adapter(run), reference)
+    assert_bitwise_equal(final_weights(run), reference)
     nothing = runner.invoke(app, ["chain", "resume", str(run)])
     assert nothing.exit_code == 0 and "nothing to resume" in nothing.stdout
 
@@ -212,7 +226,7 @@ def test_chain_run_here_equals_uninterrupted_and_submitted_chain(workspace: Path
     assert result.exit_code == 0, result.output
     run = workspace / "runs" / "smoke"
     assert "step 6 · loss" in result.stderr and "resuming from" in result.stderr
-    weights = adapter(run)
+    weights = final_weights(run)
     assert_bitwise_equal(weights, reference)
     if "slurm_chain" in _results:  # the SLURM chain of test 1, when it ran in this session
         assert_bitwise_equal(weights, _results["slurm_chain"])
