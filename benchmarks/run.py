@@ -143,6 +143,7 @@ def loader(suite: Suite) -> None:
     import numpy as np
     import torch
 
+    from vlmtune_cli import cached_inputs
     from vlmtune_cli.data import lazy_splits
     from vlmtune_cli.labels import IGNORE_INDEX
     from vlmtune_cli.recipe import load_recipe
@@ -153,12 +154,16 @@ def loader(suite: Suite) -> None:
     recipe, processor, family, result = _loader_cache(suite, n)
     cores = len(os.sched_getaffinity(0))
 
-    def vlmtune_loader(workers: int, legacy_collate: bool = False, cache=None):
+    def vlmtune_loader(workers: int, legacy_collate: bool = False, cache=None, processor_pixels: bool = False):
         source, entry = (recipe.data.source, result) if cache is None else (cache[0].data.source, cache[3])
         r = load_recipe(SMOKE, [f"data.source={source}", f"training.batch_size={batch}",
                                 f"training.dataloader_num_workers={workers}", "training.report_to=['none']"],
                         environ={})
-        train_set, _ = open_splits(entry, processor)
+        cached_inputs.EXACT_FAST_PIXELS = not processor_pixels
+        try:
+            train_set, _ = open_splits(entry, processor)
+        finally:
+            cached_inputs.EXACT_FAST_PIXELS = True
         built = _trainer_for(suite, r, processor, train_set, name=f"loader-{workers}")
         if legacy_collate:
             built.data_collator = _LegacyCollator(built.data_collator)
@@ -206,7 +211,8 @@ def loader(suite: Suite) -> None:
             ip(images=[image], return_tensors="np")
 
     loaders = {"vlmtune, 0 workers": vlmtune_loader(0),
-               "vlmtune, 0 workers, torch.cat collator (before)": vlmtune_loader(0, True),
+               "vlmtune, 0 workers, torch.cat collator (before)": vlmtune_loader(0, True, processor_pixels=True),
+               "vlmtune, 0 workers, image processor per image (before)": vlmtune_loader(0, processor_pixels=True),
                f"vlmtune, {cores} workers": vlmtune_loader(cores),
                "old way (collate, 0 workers)": old,
                "vlmtune, 0 workers, 896 px sources": vlmtune_loader(0, cache=large),
@@ -244,8 +250,13 @@ def loader(suite: Suite) -> None:
                      f"{big:.0f} samples/s", f"old way {big_old:.0f}", big / big_old, "≥ 3", big / big_old >= 3))
     before = rate["vlmtune, 0 workers, torch.cat collator (before)"]
     per_core = ours  # the main process alone: one core
-    suite.note(f"loader, 0 workers, collator before (each array copied, then torch.cat): {before:.0f} samples/s; "
-               f"after (one numpy concatenate): {ours:.0f} ({ours / before:.2f}×)")
+    processor_call = rate["vlmtune, 0 workers, image processor per image (before)"]
+    suite.note(f"loader, 0 workers, image processor per image: collator before (each array copied, then torch.cat): "
+               f"{before:.0f} samples/s; after (one numpy concatenate): {processor_call:.0f} "
+               f"({processor_call / before:.2f}×)")
+    suite.note(f"loader, 0 workers, pixel values by the image processor (before): {processor_call:.0f} samples/s; "
+               f"by its arithmetic tabulated (vlmtune_cli/patchify.py, bit-identical): {ours:.0f} "
+               f"({ours / processor_call:.2f}×)")
     suite.note(f"per core: {per_core:.0f} samples/s → {math.ceil(H100_SAMPLES_PER_S / per_core)} core(s) of this CPU "
                f"feed one H100 at {H100_SAMPLES_PER_S} samples/s (old way: "
                f"{math.ceil(H100_SAMPLES_PER_S / rate['old way (collate, 0 workers)'])}); "

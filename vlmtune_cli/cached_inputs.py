@@ -3,8 +3,9 @@
 Kept: token ids, the processor's small outputs (`image_grid_thw`, `mm_token_type_ids`; Mllama's `aspect_ratio_ids`,
 `aspect_ratio_mask` and per-token `cross_attention_mask`) and each image, as raw RGB bytes: already resized to the
 model's resolution (Qwen-VL), or as it came (Mllama, whose tiling resize is not mirrored here). Rebuilt in the
-loader: `pixel_values`, by the model's own image processor from the stored image; resizing an image to the size it
-already has is a copy, so the values are bit-identical to those the processor makes from the original. Storing
+loader: `pixel_values`, from the stored image: by the model's own image processor, or for Qwen-VL by its arithmetic
+tabulated (patchify.py, checked bit for bit against the processor); resizing an image to the size it already has
+is a copy, so the values are bit-identical to those the processor makes from the original. Storing
 float32 patches instead would be 8× larger and no faster to read back (benchmarks/README.md).
 
 Two shortcuts keep `tokenize` fast, each used only when probe images show it gives exactly what the processor
@@ -26,6 +27,8 @@ from vlmtune_cli.labels import is_per_token
 
 # Off: every sample goes through the full processor call (the benchmark measures both).
 EXPAND_WITHOUT_PIXELS = True
+# Off: the loader calls the image processor for every image instead of patchify.py (the benchmark measures both).
+EXACT_FAST_PIXELS = True
 _MAX_ASPECT = 200  # Qwen-VL's processors refuse images more elongated than this
 
 
@@ -157,9 +160,13 @@ class ModelInputs:
     """A datasets transform: cached rows → the model's inputs, with `pixel_values` computed here, in the loader."""
 
     def __init__(self, image_processor: Any, extras: dict[str, Any], nested: bool = False):
+        from vlmtune_cli.patchify import Patchifier
+
         self.image_processor = image_processor
         self.nested = nested
         self.extras = {key: dtype for key, (_, _, dtype) in extras.items()}
+        # The processor's own arithmetic, tabulated (patchify.py); None where it would not give identical values.
+        self.patchifier = None if nested or not EXACT_FAST_PIXELS else Patchifier.verified(image_processor)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         import numpy as np
@@ -173,10 +180,17 @@ class ModelInputs:
         return out
 
     def pixels(self, images: list[bytes], sizes: list[list[int]]) -> Any:
+        import numpy as np
         from PIL import Image
 
         if not images:
             return None
+        fast = self.patchifier
+        if fast is not None and all(fast.applies(w, h) for w, h in sizes):
+            from vlmtune_cli.patchify import StoredImages
+
+            return StoredImages([np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
+                                 for raw, (w, h) in zip(images, sizes, strict=True)], fast)
         pil = [Image.frombuffer("RGB", (w, h), raw, "raw", "RGB", 0, 1)
                for raw, (w, h) in zip(images, sizes, strict=True)]
         return pixel_values(self.image_processor, pil, self.nested)
