@@ -125,6 +125,28 @@ def test_full_fine_tuning_resume_restores_weights_and_frozen_llm_is_untouched(wo
         "a vision or merger weight did not train"
 
 
+@pytest.mark.parametrize("tuning", [(), tuple(FULL)], ids=["lora", "full"])
+def test_skipping_the_trainers_module_walks_changes_nothing_but_speed(workspace: Path, tuning: tuple,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """step_overhead.py: weights, gradient norms and FLOP counts equal those of Trainer's own per-step walks."""
+    from vlmtune_cli import step_overhead
+
+    def run(skip: bool, where: str) -> tuple[dict, list]:
+        monkeypatch.setattr(step_overhead, "SKIP_MODULE_WALKS", skip)
+        monkeypatch.setenv("VLMTUNE_RUNS_DIR", str(workspace / where))
+        path = workspace / where / "smoke"
+        train("training.epochs=1", *tuning)
+        weights = next(f for f in ("adapter_model.safetensors", "model.safetensors")
+                       if (path / "final" / f).exists())
+        history = json.loads((path / "summary.json").read_text())["log_history"]
+        logged = [(h.get("grad_norm"), h.get("total_flos"), h.get("loss")) for h in history]
+        return tensors(path / "final" / weights), logged
+
+    skipping, stock = run(True, "skipping"), run(False, "stock")
+    assert_bitwise_equal(skipping[0], stock[0])
+    assert skipping[1] == stock[1] and any(g is not None for g, _, _ in stock[1])
+
+
 def test_finished_run_and_other_recipe_are_refused_without_overwrite(workspace: Path) -> None:
     train("training.epochs=1")
     again = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), *sum((["--set", s] for s in SMALL), []),

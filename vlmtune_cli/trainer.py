@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlmtune_cli import step_overhead
 from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import UsageError, VlmtuneError
 from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for, write_atomic, write_env
@@ -260,6 +261,8 @@ def _build_trainer(recipe: Recipe, run: RunDir, model: Any, processor: Any, trai
     )
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(QuietLogLines())
+    if step_overhead.SKIP_MODULE_WALKS:
+        step_overhead.without_per_step_module_walks(model)
     return trainer
 
 
@@ -289,7 +292,9 @@ def _guarded(trainer_class: type) -> type:
 
     from vlmtune_cli.sampling import epoch_seeded_length_sampler, stored_lengths
 
-    class GuardedTrainer(trainer_class):  # type: ignore[misc, valid-type]
+    bases = (step_overhead.FewerModuleWalks, trainer_class) if step_overhead.SKIP_MODULE_WALKS else (trainer_class,)
+
+    class GuardedTrainer(*bases):  # type: ignore[misc, valid-type]
         def training_step(self, *args: Any, **kwargs: Any) -> Any:
             loss = super().training_step(*args, **kwargs)
             if not bool(loss.detach().isfinite().all()):
