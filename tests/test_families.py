@@ -95,6 +95,36 @@ def test_mllama_processor_loads_without_the_image_only_fallback_and_refuses_pixe
         load_processor(_section("mllama"), DataSection(max_pixels=50176), built)
 
 
+def test_a_tokenizer_that_adds_bos_still_gives_one_bos(built: Path) -> None:
+    """Real Llama 3 tokenizers add `<|begin_of_text|>` and so does the chat template: training, the tokenize
+    cache and generation must not feed the model two."""
+    from tokenizers.processors import TemplateProcessing
+
+    from vlmtune_cli import evaluate
+    from vlmtune_cli.cached_inputs import probe_layout, processor_outputs
+
+    processor = load_processor(_section("mllama"), DataSection(), built)
+    tokenizer = processor.tokenizer
+    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
+    assert tokenizer("hi")["input_ids"][0] == bos_id, "the tokenizer now adds a BOS, like Llama 3's"
+
+    sample = {"messages": _chat("[12, 40, 180, 200]"), "images": [Image.new("RGB", (200, 250), "red")]}
+    spec = LabelSpec.for_family(tokenizer, load_family(_section("mllama"), built))
+    trained = encode_sample(processor, spec, sample, "assistant", 4096)["input_ids"].tolist()
+    text = processor.apply_chat_template(sample["messages"], tokenize=False)
+    cached = processor_outputs(processor, text, sample["images"], probe_layout(processor))[0]["input_ids"][0].tolist()
+    model = load_model(_section("mllama"), built)
+    seen: list[list[int]] = []
+    generate = model.generate
+    model.generate = lambda **inputs: seen.append(inputs["input_ids"][0].tolist()) or generate(**inputs)
+    evaluate.generate(model, processor, [sample], batch_size=1, max_new_tokens=1)
+    for ids in (trained, cached, seen[0]):
+        assert ids.count(bos_id) == 1 and ids[0] == bos_id
+    assert trained == cached
+
+
 def test_mllama_cross_attention_gates_are_not_zero(built: Path) -> None:
     model = load_model(_section("mllama"), built)
     gates = {n: p for n, p in model.named_parameters() if n.endswith(("attn_gate", "mlp_gate"))}

@@ -43,7 +43,7 @@ from vlmtune_cli.schema import Recipe
 
 # Bump whenever vlmtune's encoding path (data.py's conversion of rows, labels.py, tokenized.py, the cache format)
 # changes what a cache entry holds: entries written by an older vlmtune then stop matching.
-CODE_VERSION = 1
+CODE_VERSION = 2
 MANIFEST = "manifest.json"
 STATS = "stats.json"
 # Versions of the libraries whose behaviour is baked into the cache (templating, tokenising, resizing).

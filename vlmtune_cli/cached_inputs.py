@@ -51,7 +51,7 @@ def probe_layout(processor: Any) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in ((97, 131), (97, 97))]
     probes = [(_prompt(processor, n), images[:n]) for n in (1, 2)]
-    full = [processor(text=[text], images=imgs, return_tensors="np") for text, imgs in probes]
+    full = [processor(text=[text], images=imgs, return_tensors="np", add_special_tokens=False) for text, imgs in probes]
 
     def pixels_reproduced(mode: str, nested: bool = False) -> bool:
         layout["images"], layout["nested"] = mode, nested
@@ -72,7 +72,7 @@ def probe_layout(processor: Any) -> dict[str, Any]:
             f"{type(processor).__name__}, so vlmtune cannot recompute them from cached images",
             hint="this model family needs support in vlmtune_cli/cached_inputs.py",
         )
-    plain = processor(text=["?"], return_tensors="np")
+    plain = processor(text=["?"], return_tensors="np", add_special_tokens=False)
     extras: dict[str, tuple[bool, int, str]] = {}
     for encoded in (*full, plain):
         for key, value in encoded.items():
@@ -135,7 +135,7 @@ def processor_outputs(processor: Any, text: str, images: list[Any], layout: dict
     resized = [resize_for_cache(image, layout) for image in images]
     stored = [image for image, _ in resized]
     if not layout["expand"]:
-        outputs = processor(text=[text], images=stored or None, return_tensors="np")
+        outputs = processor(text=[text], images=stored or None, return_tensors="np", add_special_tokens=False)
         return {k: v for k, v in outputs.items() if k != "pixel_values"}, stored
     sizes = [size for _, size in resized]
     for image in images:
@@ -147,7 +147,7 @@ def processor_outputs(processor: Any, text: str, images: list[Any], layout: dict
         raise ValueError(f"{len(pieces) - 1} {token} tokens in the text but {len(images)} images")
     per_image = [(h // layout["patch"]) * (w // layout["patch"]) // layout["merge"] ** 2 for w, h in sizes]
     expanded = pieces[0] + "".join(token * n + piece for n, piece in zip(per_image, pieces[1:], strict=True))
-    outputs = dict(processor.tokenizer([expanded], return_tensors="np"))
+    outputs = dict(processor.tokenizer([expanded], return_tensors="np", add_special_tokens=False))
     if "mm_token_type_ids" in layout["extras"]:
         outputs["mm_token_type_ids"] = np.asarray(processor.create_mm_token_type_ids(outputs["input_ids"].tolist()))
     if images:

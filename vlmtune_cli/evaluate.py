@@ -293,8 +293,9 @@ def generate(model: Any, processor: Any, samples: list[dict[str, Any]], *, batch
         rows = order[start:start + batch_size]
         # One list of images per sample: Qwen flattens it, Mllama needs it nested to batch.
         images = [samples[i]["images"] for i in rows]
+        # add_special_tokens=False: the chat template wrote the BOS; a Llama tokenizer would add a second one.
         inputs = processor(text=[prompts[i] for i in rows], images=images if any(images) else None, padding=True,
-                           return_tensors="pt").to(device)
+                           return_tensors="pt", add_special_tokens=False).to(device)
         with torch.inference_mode():
             generated = model.generate(**inputs, generation_config=config)
         for i, tokens in zip(rows, generated[:, inputs["input_ids"].shape[1]:].tolist(), strict=True):

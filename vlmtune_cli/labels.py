@@ -68,7 +68,8 @@ def encode_sample(processor: Any, spec: LabelSpec, sample: dict[str, Any], loss_
     """One conversation → tensors for the model, with labels. Raises Overlength when it does not fit."""
     text = processor.apply_chat_template(sample["messages"], tokenize=False, add_generation_prompt=False)
     images = sample.get("images") or None
-    encoded = processor(text=[text], images=images, return_tensors="pt")
+    # The chat template already wrote every special token; a Llama tokenizer would add a second BOS.
+    encoded = processor(text=[text], images=images, return_tensors="pt", add_special_tokens=False)
     input_ids = encoded["input_ids"][0]
     if len(input_ids) > max_length:
         raise Overlength(len(input_ids))
