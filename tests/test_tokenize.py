@@ -163,6 +163,30 @@ def test_a_hit_does_not_read_unchanged_files_again(jsonl_recipe: Path, workspace
     assert key(jsonl_recipe) != first and reads == ["a.png"]
 
 
+def test_remembered_digests_of_files_gone_or_changed_are_dropped(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache, "_SETTLE_NS", -10**12)
+    files = {name: tmp_path / f"{name}.bin" for name in ("kept", "gone", "changed", "new")}
+    for name, path in files.items():
+        path.write_bytes(name.encode())
+
+    def remembered() -> set[str]:
+        stored = json.loads((tmp_path / "cache" / "tokenized" / "file-digests.json").read_text())
+        return {Path(name).stem for name in stored}
+
+    digests = cache._Digests(tmp_path / "cache")
+    for name in ("kept", "gone", "changed"):
+        digests(files[name])
+    digests.save()
+    assert remembered() == {"kept", "gone", "changed"}
+    files["gone"].unlink()
+    files["changed"].write_bytes(b"other bytes")
+    again = cache._Digests(tmp_path / "cache")
+    again(files["new"])
+    again.save()
+    assert remembered() == {"kept", "new"}
+
+
 def test_fingerprint_of_builtin_and_plugin_sources(jsonl_recipe: Path, workspace: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from vlmtune_cli import synthetic

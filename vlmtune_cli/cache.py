@@ -225,7 +225,7 @@ class _Digests:
             return "missing or not a regular file"
         if not stat.S_ISREG(info.st_mode):
             return "missing or not a regular file"
-        stamp = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
+        stamp = _stamp_of(info)
         name = os.path.abspath(path)
         entry = self.known.get(name)
         if entry is not None and entry[:4] == stamp:
@@ -240,8 +240,11 @@ class _Digests:
         return digest
 
     def save(self) -> None:
+        """Write the digests back when some were added, leaving out those of files that are gone or changed since
+        (so the file does not grow with every dataset ever tokenised); one stat per entry, only after hashing."""
         if not self.changed:
             return
+        self.known = {name: entry for name, entry in self.known.items() if _stamp(name) == entry[:4]}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             handle, tmp = tempfile.mkstemp(prefix=f".{self.FILE}.", dir=self.path.parent)
@@ -250,6 +253,17 @@ class _Digests:
             os.replace(tmp, self.path)
         except OSError:
             pass  # only a cache of digests: the next fingerprint hashes the files again
+
+
+def _stamp_of(info: os.stat_result) -> list[int]:
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
+
+
+def _stamp(name: str) -> list[int] | None:
+    try:
+        return _stamp_of(os.stat(name))
+    except OSError:
+        return None
 
 
 def _tree_digest(files: list[Path], base: Path, digests: _Digests) -> str:
