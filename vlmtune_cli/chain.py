@@ -1,4 +1,4 @@
-"""Job chains: the plan, the manifest, what each link did, and status / resume / cancel / run-here.
+"""Job chains: the plan, what each link did, and submit / resume / cancel / run-here (status: chain_status.py).
 
 A chain of N links with `chain.epochs_per_job` = E plans N × E epochs: its effective recipe sets
 `training.epochs = N × E` and `chain.total_jobs = N` (so the run directory's recipe.toml says so, and the LR
@@ -11,22 +11,15 @@ chain_records.py.
 
 A submission that fails halfway leaves the manifest with the links that were submitted (job ids) and the
 error of the one that was not; `chain resume` submits the rest.
-
-Link states (`chain_status`) combine the manifest, SLURM (`sacct` and `squeue`, each with a 10 s timeout:
-never submitit's `job.result()`, which blocks forever on a cancelled job without accounting) and the run
-directory: a link whose record says done, or whose stop epoch the newest complete checkpoint has reached, is
-COMPLETED whatever SLURM says or does not say.
 """
 
 
 from __future__ import annotations
 
-import getpass
 import os
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +35,12 @@ from vlmtune_cli.chain_records import (
     write_link_record,
     write_manifest,
 )
+from vlmtune_cli.chain_status import SLURM_TIMEOUT_S, chain_status
 from vlmtune_cli.errors import UsageError, VlmtuneError
 from vlmtune_cli.recipe import validate
 from vlmtune_cli.runs import RunDir, prepare_run_dir, run_dir_for
 from vlmtune_cli.schema import Recipe
 from vlmtune_cli.settings import Settings
-
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
-          "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
-_SLURM_TIMEOUT_S = 10
-
-
 
 # --- the plan ------------------------------------------------------------------------------------
 
@@ -143,118 +131,6 @@ def _benchmark_at_end(spec: Any, recipe: Recipe, run: RunDir, settings: Settings
         print(f"benchmark after the last link failed: {exc.message}", file=sys.stderr)
         return
     record["benchmark"] = str(result.target.metrics_file)
-
-
-# --- what SLURM says -----------------------------------------------------------------------------
-
-
-def _run_quietly(cmd: list[str]) -> str | None:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_SLURM_TIMEOUT_S, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return proc.stdout if proc.returncode == 0 else None
-
-
-def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
-    """job id → (state, reason) from sacct, then squeue (fresher); jobs neither knows are left out."""
-    ids = [str(j) for j in job_ids if j]
-    if not ids:
-        return {}
-    states: dict[str, tuple[str, str]] = {}
-    out = _run_quietly(["sacct", "-n", "-X", "-P", "-j", ",".join(ids), "-o", "JobIDRaw,State"])
-    for line in (out or "").splitlines():
-        parts = line.strip().split("|")
-        if len(parts) >= 2 and parts[0] in ids and parts[1]:
-            states[parts[0]] = (parts[1].split()[0], "")
-    out = _run_quietly(["squeue", "-h", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%T|%r"])
-    for line in (out or "").splitlines():
-        parts = line.strip().split("|")
-        if len(parts) >= 3 and parts[0] in ids:
-            states[parts[0]] = (parts[1], parts[2] if parts[2] not in ("None", "(null)") else "")
-    return states
-
-
-# --- status --------------------------------------------------------------------------------------
-
-
-@dataclass
-class LinkStatus:
-    link: int
-    job_id: str | None
-    state: str
-    stop_at_epoch: int | None
-    epochs: str
-    checkpoint: str | None
-    log: str | None
-    done: bool
-    active: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def chain_status(run_dir: Path) -> tuple[dict[str, Any], list[LinkStatus]]:
-    """The manifest and each link's state; never blocks longer than the SLURM command timeouts."""
-    manifest = read_manifest(run_dir)
-    run = RunDir(Path(run_dir))
-    total_epochs = int(manifest.get("total_epochs") or 0)
-    states = slurm_states([link.get("job_id") for link in manifest["links"]]) \
-        if manifest["backend"] == "slurm" else {}
-    folder = Path(manifest.get("submitit_folder") or run.path / "slurm")
-    rows = []
-    for link in manifest["links"]:
-        k, job_id = link["link"], link.get("job_id")
-        record = read_link_record(run.path, k)
-        done = bool(record and record.get("state") == "done") or link_trained(run, link.get("stop_at_epoch"),
-                                                                                total_epochs)
-        slurm_state, reason = states.get(str(job_id), ("", "")) if job_id else ("", "")
-        if done:
-            state = "COMPLETED"
-        elif slurm_state:
-            state = slurm_state + (f" ({reason})" if reason and slurm_state == "PENDING" else "")
-        elif record:
-            state = {"running": "RUNNING?" if manifest["backend"] == "slurm" else "INTERRUPTED",
-                     "interrupted": "REQUEUED", "failed": "FAILED"}.get(record.get("state"), "UNKNOWN")
-        elif job_id:
-            state = "UNKNOWN"
-        elif link.get("error"):
-            state = "NOT SUBMITTED (submission failed)"
-        else:
-            state = "NOT STARTED" if manifest["backend"] == "local" else "NOT SUBMITTED"
-        epochs = ""
-        if record and record.get("epoch_start") is not None:
-            end = record.get("epoch_end")
-            epochs = f"{record['epoch_start']:g}→{end:g}" if end is not None else f"{record['epoch_start']:g}→"
-        log = str(folder / f"{job_id}_0_log.out") if job_id else None
-        rows.append(LinkStatus(k, str(job_id) if job_id else None, state, link.get("stop_at_epoch"), epochs,
-                               record.get("checkpoint") if record else None, log, done,
-                               not done and slurm_state in ACTIVE))
-    return manifest, rows
-
-
-def benchmark_outcome(run_dir: Path, manifest: dict[str, Any]) -> dict[str, str] | None:
-    """What the last link's benchmark left (`chain.benchmark_at_end`): {"metrics": path} or {"error": message}."""
-    record = read_link_record(Path(run_dir), int(manifest["total_jobs"])) or {}
-    if record.get("benchmark"):
-        return {"metrics": record["benchmark"]}
-    if record.get("benchmark_error"):
-        return {"error": record["benchmark_error"]}
-    return None
-
-
-def summary_line(manifest: dict[str, Any], rows: list[LinkStatus], run: RunDir) -> str:
-    trained, checkpoint = trained_epochs(run, int(manifest.get("total_epochs") or 0))
-    if run.is_finished():
-        where = "finished: final/ is complete"
-    elif any(r.active for r in rows):
-        where = "in progress"
-    else:
-        where = "stopped: `vlmtune chain resume` submits what is left"
-        if manifest["backend"] == "local":
-            where = "stopped: `vlmtune chain run` again continues it"
-    return (f"{manifest['variant']}: {trained:g} of {manifest.get('total_epochs')} epochs trained "
-            f"({manifest['total_jobs']} links × {manifest['epochs_per_job']}); {where}")
 
 
 # --- submit / resume / cancel --------------------------------------------------------------------
@@ -376,12 +252,12 @@ def cancel_chain(run_dir: Path) -> list[str]:
     ids = [r.job_id for r in rows if r.job_id and not r.done and (r.active or r.state in ("UNKNOWN", "RUNNING?"))]
     if ids:
         try:
-            proc = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=_SLURM_TIMEOUT_S,
+            proc = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=SLURM_TIMEOUT_S,
                                   check=False)
         except FileNotFoundError:
             raise UsageError("no `scancel` on PATH: this machine cannot talk to SLURM") from None
         except subprocess.TimeoutExpired:
-            raise VlmtuneError(f"scancel did not answer within {_SLURM_TIMEOUT_S} s") from None
+            raise VlmtuneError(f"scancel did not answer within {SLURM_TIMEOUT_S} s") from None
         if proc.returncode != 0 and "already completed" not in proc.stderr:
             raise VlmtuneError(f"scancel failed: {proc.stderr.strip()}")
     manifest["cancelled_at"] = now()

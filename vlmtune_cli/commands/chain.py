@@ -38,7 +38,8 @@ def status(run_dir: RunDirArg = None, as_json: JsonOpt = False) -> None:
     """Each link's state, combining the manifest, SLURM and what the run directory shows was trained."""
     from rich.markup import escape
 
-    from vlmtune_cli.chain import benchmark_outcome, chain_status, resolve_run_dir, summary_line
+    from vlmtune_cli.chain import resolve_run_dir
+    from vlmtune_cli.chain_status import benchmark_outcome, chain_status, summary_line
     from vlmtune_cli.runs import RunDir
 
     path = resolve_run_dir(run_dir, load_settings())
