@@ -2,8 +2,8 @@
 
 The data loader rebuilds every sample's `pixel_values` from the image stored in the tokenize cache (already
 resized). transformers' PIL image processor then spends most of its time on float64 arithmetic over the whole
-image (rescale, normalise) and a broadcast copy (benchmarks/README.md: ~7 ms of a 448×448 image's ~7 ms). Both
-are elementwise, so they can be tabulated: for each channel, the processor's own `rescale` and `normalize` are run
+image (rescale, normalise) and a broadcast copy: ~5 of the ~7 ms a 448×448 image takes (benchmarks/README.md).
+Both are elementwise, so they can be tabulated: for each channel, the processor's own `rescale` and `normalize` are run
 once on the 256 possible byte values, and an image is then a table lookup per channel written straight into the
 patch layout. (The torchvision "fast" processor would do the same job but torchvision is not installable on
 every machine; see the README.)
@@ -30,6 +30,7 @@ class Patchifier:
 
     @classmethod
     def verified(cls, image_processor: Any) -> Patchifier | None:
+        """The processor's tables, if they reproduce its `pixel_values` exactly on probe images; else None."""
         import numpy as np
         from PIL import Image
 
