@@ -24,6 +24,7 @@ from typing import Any
 
 from vlmtune_cli.boxes import smart_resize
 from vlmtune_cli.labels import is_per_token
+from vlmtune_cli.patchify import Patchifier, StoredImages  # numpy only, imported inside its functions
 
 # Off: every sample goes through the full processor call (the benchmark measures both).
 EXPAND_WITHOUT_PIXELS = True
@@ -160,8 +161,6 @@ class ModelInputs:
     """A datasets transform: cached rows → the model's inputs, with `pixel_values` computed here, in the loader."""
 
     def __init__(self, image_processor: Any, extras: dict[str, Any], nested: bool = False):
-        from vlmtune_cli.patchify import Patchifier
-
         self.image_processor = image_processor
         self.nested = nested
         self.extras = {key: dtype for key, (_, _, dtype) in extras.items()}
@@ -187,8 +186,6 @@ class ModelInputs:
             return None
         fast = self.patchifier
         if fast is not None and all(fast.applies(w, h) for w, h in sizes):
-            from vlmtune_cli.patchify import StoredImages
-
             return StoredImages([np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
                                  for raw, (w, h) in zip(images, sizes, strict=True)], fast)
         pil = [Image.frombuffer("RGB", (w, h), raw, "raw", "RGB", 0, 1)
