@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_generation.py [--samples 32] [--batch-size 16] [--max-new-tokens 48]
 
 The goal (issue 4) is at least 5x the samples per second at batch 16. It runs `vlmtune benchmark`'s own
-generation (`evaluate.generate`: chat template, left padding, greedy) with the built-in tiny Qwen2-VL on the
+generation (`benchmark.generate`: chat template, left padding, greedy) with the built-in tiny Qwen2-VL on the
 smoke recipe's synthetic detection samples and resolution (64 visual tokens per image). The tiny model's
 random weights never emit an end token, so every answer runs to `--max-new-tokens`: the same work at any batch
 size, and no early-finishing rows to flatter batching. The two modes alternate `--repeats` times and each keeps
@@ -41,33 +41,34 @@ def main() -> None:
 
 def measure(samples: int = 32, batch_size: int = 16, max_new_tokens: int = 48, repeats: int = 3, threads: int = 0,
             recipe_path: Path = REPO / "recipes" / "smoke.toml") -> dict:
-    """Time `evaluate.generate` at batch 1 and at `batch_size`, alternating, `repeats` times each.
+    """Time `benchmark.generate` at batch 1 and at `batch_size`, alternating, `repeats` times each.
 
     Returns {"samples", "threads", "identical", "batch1_seconds": [...], "batched_seconds": [...]}.
     """
     import torch
 
-    from vlmtune_cli import evaluate, models
-    from vlmtune_cli.data import load_splits
-    from vlmtune_cli.recipe import load_recipe
-    from vlmtune_cli.settings import load_settings
+    from vlmtune_cli.config.recipe import load_recipe
+    from vlmtune_cli.config.settings import load_settings
+    from vlmtune_cli.data.sources import load_splits
+    from vlmtune_cli.eval import benchmark
+    from vlmtune_cli.models import loading
 
     settings = load_settings()
     recipe = load_recipe(recipe_path, [f"data.num_samples={samples}", f"data.max_samples={samples}",
                                        "data.split_ratio=1.0"], environ={})
-    model = models.load_model(recipe.model, settings.cache_dir).eval()
-    processor = models.load_processor(recipe.model, recipe.data, settings.cache_dir)
-    family = models.load_family(recipe.model, settings.cache_dir)
+    model = loading.load_model(recipe.model, settings.cache_dir).eval()
+    processor = loading.load_processor(recipe.model, recipe.data, settings.cache_dir)
+    family = loading.load_family(recipe.model, settings.cache_dir)
     data = load_splits(recipe.data, box_format=family.box_format, processor=processor)[recipe.data.train_split]
 
     def timed(size: int) -> tuple[float, list[str]]:
         started = time.perf_counter()
-        _, outputs = evaluate.generate(model, processor, data, batch_size=size, max_new_tokens=max_new_tokens)
+        _, outputs = benchmark.generate(model, processor, data, batch_size=size, max_new_tokens=max_new_tokens)
         return time.perf_counter() - started, outputs
 
     if threads:
         torch.set_num_threads(threads)
-    evaluate.generate(model, processor, data[:2], batch_size=2, max_new_tokens=4)  # warm-up
+    benchmark.generate(model, processor, data[:2], batch_size=2, max_new_tokens=4)  # warm-up
     # Alternate the two modes so a change in the machine's load hits both alike.
     single: list[float] = []
     batched: list[float] = []

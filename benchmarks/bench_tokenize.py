@@ -75,16 +75,17 @@ def write_dataset(folder: Path, n: int, side: int) -> Path:
 
 
 def throughput(overrides: list[str], workers: int, figures: dict[str, float], repeat: int = 2) -> None:
-    from vlmtune_cli import cached_inputs, models
-    from vlmtune_cli.data import lazy_splits
-    from vlmtune_cli.recipe import load_recipe
-    from vlmtune_cli.settings import load_settings
-    from vlmtune_cli.tokenized import tokenize_recipe
+    from vlmtune_cli.config.recipe import load_recipe
+    from vlmtune_cli.config.settings import load_settings
+    from vlmtune_cli.data.sources import lazy_splits
+    from vlmtune_cli.encode import inputs
+    from vlmtune_cli.encode.build import tokenize_recipe
+    from vlmtune_cli.models import loading
 
     recipe = load_recipe(SMOKE, overrides)
     cache_dir = load_settings().cache_dir
-    processor = models.load_processor(recipe.model, recipe.data, cache_dir)
-    family = models.load_family(recipe.model, cache_dir)
+    processor = loading.load_processor(recipe.model, recipe.data, cache_dir)
+    family = loading.load_family(recipe.model, cache_dir)
     split = lazy_splits(recipe.data, box_format=family.box_format, processor=processor)["train"]
 
     def bare() -> None:  # read the sample (decode its image), apply the template, call the processor
@@ -94,7 +95,7 @@ def throughput(overrides: list[str], workers: int, figures: dict[str, float], re
             processor(text=[text], images=sample["images"], return_tensors="np")
 
     def tokenize(n: int, shortcut: bool):
-        cached_inputs.EXPAND_WITHOUT_PIXELS = shortcut
+        inputs.EXPAND_WITHOUT_PIXELS = shortcut
         return tokenize_recipe(recipe, cache_dir, force=True, workers=n, processor=processor, family=family,
                                progress=False)
 
@@ -134,9 +135,9 @@ def hit_time(overrides: list[str], figures: dict[str, float]) -> None:
         assert payload["hit"], payload
     report(figures, f"cache hit, whole command, {payload['counts']['train']['samples']} samples, s", min(times))
     report(figures, "cache hit, inside the command (fingerprint + stats), s", payload["seconds"])
-    from vlmtune_cli import cache
-    from vlmtune_cli.recipe import load_recipe
-    from vlmtune_cli.settings import load_settings
+    from vlmtune_cli.config.recipe import load_recipe
+    from vlmtune_cli.config.settings import load_settings
+    from vlmtune_cli.encode import cache
 
     started = time.perf_counter()
     cache.fingerprint(load_recipe(SMOKE, overrides), load_settings().cache_dir)
@@ -146,17 +147,17 @@ def hit_time(overrides: list[str], figures: dict[str, float]) -> None:
 def storage(overrides: list[str], figures: dict[str, float], n: int = 100) -> None:
     """Reading a sample for the model: stored float32 pixel_values (the old in-memory layout) vs resized raw
     images turned into pixel_values by the image processor in the loader."""
-    from vlmtune_cli import models
-    from vlmtune_cli.data import load_splits
-    from vlmtune_cli.labels import LabelSpec, encode_sample
-    from vlmtune_cli.recipe import load_recipe
-    from vlmtune_cli.settings import load_settings
-    from vlmtune_cli.tokenized import open_splits, tokenize_recipe
+    from vlmtune_cli.config.recipe import load_recipe
+    from vlmtune_cli.config.settings import load_settings
+    from vlmtune_cli.data.sources import load_splits
+    from vlmtune_cli.encode.build import open_splits, tokenize_recipe
+    from vlmtune_cli.encode.labels import LabelSpec, encode_sample
+    from vlmtune_cli.models import loading
 
     recipe = load_recipe(SMOKE, [*overrides, f"data.max_samples={n}"])
     cache_dir = load_settings().cache_dir
-    processor = models.load_processor(recipe.model, recipe.data, cache_dir)
-    family = models.load_family(recipe.model, cache_dir)
+    processor = loading.load_processor(recipe.model, recipe.data, cache_dir)
+    family = loading.load_family(recipe.model, cache_dir)
     spec = LabelSpec.for_family(processor.tokenizer, family)
     samples = load_splits(recipe.data, box_format=family.box_format, processor=processor)["train"]
     encoded = [encode_sample(processor, spec, s, "assistant", 4096) for s in samples]
@@ -187,9 +188,9 @@ def peak_rss(sizes: tuple[int, int], figures: dict[str, float]) -> None:
     peaks = []
     for n in sizes:
         probe = (
-            "from vlmtune_cli.recipe import load_recipe\n"
-            "from vlmtune_cli.settings import load_settings\n"
-            "from vlmtune_cli.tokenized import tokenize_recipe\n"
+            "from vlmtune_cli.config.recipe import load_recipe\n"
+            "from vlmtune_cli.config.settings import load_settings\n"
+            "from vlmtune_cli.encode.build import tokenize_recipe\n"
             f"r = load_recipe({str(SMOKE)!r}, ['data.num_samples={n}', 'data.max_samples={n}', 'data.seed=7'])\n"
             "res = tokenize_recipe(r, load_settings().cache_dir, force=True, workers=1, progress=False)\n"
             # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.

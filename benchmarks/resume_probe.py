@@ -18,17 +18,18 @@ import time
 def main() -> None:
     t0 = float(os.environ["BENCH_T0"])
     out = os.environ["BENCH_OUT"]
-    from vlmtune_cli import cached_inputs, trainer
+    from vlmtune_cli.encode import inputs
+    from vlmtune_cli.train import trainer
 
     loaded = [0]
-    original_call = cached_inputs.ModelInputs.__call__
+    original_call = inputs.ModelInputs.__call__
 
     def counting_call(self, batch):  # type: ignore[no-untyped-def]
         if "images" in batch:
             loaded[0] += len(batch["images"])
         return original_call(self, batch)
 
-    cached_inputs.ModelInputs.__call__ = counting_call
+    inputs.ModelInputs.__call__ = counting_call
     original_build = trainer._build_trainer
 
     def build(*args, **kwargs):  # type: ignore[no-untyped-def]

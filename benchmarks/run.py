@@ -108,31 +108,32 @@ def _loader_cache(suite: Suite, n: int, side: int = 448, source_side: int | None
     min_pixels = max_pixels = side²."""
     from bench_tokenize import write_dataset
 
-    from vlmtune_cli import models
-    from vlmtune_cli.recipe import load_recipe
-    from vlmtune_cli.settings import load_settings
-    from vlmtune_cli.tokenized import tokenize_recipe
+    from vlmtune_cli.config.recipe import load_recipe
+    from vlmtune_cli.config.settings import load_settings
+    from vlmtune_cli.encode.build import tokenize_recipe
+    from vlmtune_cli.models import loading
 
     source = write_dataset(suite.work / f"data-{source_side or side}-{n}", n, source_side or side)
     overrides = [f"data.source={source}", f"data.min_pixels={side * side}", f"data.max_pixels={side * side}",
                  "data.max_length=4096", "data.split_ratio=1.0", f"data.max_samples={n}", "training.eval_steps=1000"]
     recipe = load_recipe(SMOKE, overrides, environ={})
     cache_dir = load_settings().cache_dir
-    processor = models.load_processor(recipe.model, recipe.data, cache_dir)
-    family = models.load_family(recipe.model, cache_dir)
+    processor = loading.load_processor(recipe.model, recipe.data, cache_dir)
+    family = loading.load_family(recipe.model, cache_dir)
     result = tokenize_recipe(recipe, cache_dir, processor=processor, family=family, progress=False)
     return recipe, processor, family, result
 
 
 def _trainer_for(suite: Suite, recipe, processor, train_set, model=None, name="bench"):
     """vlmtune's own SFTTrainer (`trainer._build_trainer`) for `recipe`, in a scratch run directory."""
-    from vlmtune_cli import models, trainer
+    from vlmtune_cli.config.settings import load_settings
+    from vlmtune_cli.models import loading
     from vlmtune_cli.runs import RunDir
-    from vlmtune_cli.settings import load_settings
+    from vlmtune_cli.train import trainer
 
     if model is None:
         cache_dir = load_settings().cache_dir
-        model = models.apply_tuning(models.load_model(recipe.model, cache_dir), recipe.tuning, recipe.lora,
+        model = loading.apply_tuning(loading.load_model(recipe.model, cache_dir), recipe.tuning, recipe.lora,
                                     seed=recipe.training.seed)
     run = RunDir(suite.work / "runs" / name)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -143,11 +144,11 @@ def loader(suite: Suite) -> None:
     import numpy as np
     import torch
 
-    from vlmtune_cli import cached_inputs
-    from vlmtune_cli.data import lazy_splits
-    from vlmtune_cli.labels import IGNORE_INDEX
-    from vlmtune_cli.recipe import load_recipe
-    from vlmtune_cli.tokenized import open_splits
+    from vlmtune_cli.config.recipe import load_recipe
+    from vlmtune_cli.data.sources import lazy_splits
+    from vlmtune_cli.encode import inputs
+    from vlmtune_cli.encode.build import open_splits
+    from vlmtune_cli.encode.labels import IGNORE_INDEX
 
     n = 32 if suite.quick else 256
     batch = 8
@@ -159,11 +160,11 @@ def loader(suite: Suite) -> None:
         r = load_recipe(SMOKE, [f"data.source={source}", f"training.batch_size={batch}",
                                 f"training.dataloader_num_workers={workers}", "training.report_to=['none']"],
                         environ={})
-        cached_inputs.EXACT_FAST_PIXELS = not processor_pixels
+        inputs.EXACT_FAST_PIXELS = not processor_pixels
         try:
             train_set, _ = open_splits(entry, processor)
         finally:
-            cached_inputs.EXACT_FAST_PIXELS = True
+            inputs.EXACT_FAST_PIXELS = True
         built = _trainer_for(suite, r, processor, train_set, name=f"loader-{workers}")
         if legacy_collate:
             built.data_collator = _LegacyCollator(built.data_collator)
@@ -285,19 +286,20 @@ def training(suite: Suite) -> None:
     import torch
     from transformers import TrainerCallback
 
-    from vlmtune_cli import models, step_overhead
-    from vlmtune_cli.labels import VisionCollator
-    from vlmtune_cli.recipe import load_recipe
-    from vlmtune_cli.settings import load_settings
-    from vlmtune_cli.tokenized import open_splits, tokenize_recipe
+    from vlmtune_cli.config.recipe import load_recipe
+    from vlmtune_cli.config.settings import load_settings
+    from vlmtune_cli.encode.build import open_splits, tokenize_recipe
+    from vlmtune_cli.encode.labels import VisionCollator
+    from vlmtune_cli.models import loading
+    from vlmtune_cli.train import step_overhead
 
     steps, warm = (25, 5) if suite.quick else (80, 10)
     cache_dir = load_settings().cache_dir
     recipe = load_recipe(SMOKE, [f"training.max_steps={steps}", "training.save_steps=100000",
                                  "training.logging_steps=10", "training.report_to=['none']",
                                  "data.split_ratio=1.0"], environ={})
-    processor = models.load_processor(recipe.model, recipe.data, cache_dir)
-    family = models.load_family(recipe.model, cache_dir)
+    processor = loading.load_processor(recipe.model, recipe.data, cache_dir)
+    family = loading.load_family(recipe.model, cache_dir)
     cached, _ = open_splits(tokenize_recipe(recipe, cache_dir, processor=processor, family=family, progress=False),
                             processor)
     rows = [cached[i] for i in range(len(cached))]  # in memory: both sides get the same, ready samples
@@ -310,7 +312,7 @@ def training(suite: Suite) -> None:
             lambda batch: {key: [rows[k][key] for k in batch["k"]] for key in keys})
 
     def fresh_model():
-        return models.apply_tuning(models.load_model(recipe.model, cache_dir), recipe.tuning, recipe.lora,
+        return loading.apply_tuning(loading.load_model(recipe.model, cache_dir), recipe.tuning, recipe.lora,
                                    seed=recipe.training.seed)
 
     def rate(stamps: list[float]) -> float:
@@ -395,10 +397,10 @@ def _varied_dataset(folder: Path, n: int) -> Path:
 
 
 def padding(suite: Suite) -> None:
-    from vlmtune_cli import models
-    from vlmtune_cli.recipe import load_recipe
-    from vlmtune_cli.settings import load_settings
-    from vlmtune_cli.tokenized import open_splits, tokenize_recipe
+    from vlmtune_cli.config.recipe import load_recipe
+    from vlmtune_cli.config.settings import load_settings
+    from vlmtune_cli.encode.build import open_splits, tokenize_recipe
+    from vlmtune_cli.models import loading
 
     n, batch = (256, 8) if suite.quick else (512, 8)
     source = _varied_dataset(suite.work / "varied", n)
@@ -407,10 +409,10 @@ def padding(suite: Suite) -> None:
             "data.split_ratio=1.0", f"data.max_samples={n}", f"training.batch_size={batch}", "training.grad_accum=1",
             "training.report_to=['none']"]
     recipe = load_recipe(SMOKE, base, environ={})
-    processor = models.load_processor(recipe.model, recipe.data, cache_dir)
-    family = models.load_family(recipe.model, cache_dir)
+    processor = loading.load_processor(recipe.model, recipe.data, cache_dir)
+    family = loading.load_family(recipe.model, cache_dir)
     result = tokenize_recipe(recipe, cache_dir, processor=processor, family=family, progress=False)
-    model = models.apply_tuning(models.load_model(recipe.model, cache_dir), recipe.tuning, recipe.lora, seed=42)
+    model = loading.apply_tuning(loading.load_model(recipe.model, cache_dir), recipe.tuning, recipe.lora, seed=42)
     efficiency = {}
     for grouped in (False, True):
         r = load_recipe(SMOKE, [*base, f"training.group_by_length={str(grouped).lower()}"], environ={})

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from vlmtune_cli import evaluate, report
 from vlmtune_cli.cli import app
+from vlmtune_cli.config.recipe import dump_recipe, load_recipe
+from vlmtune_cli.config.schema import DataSection
+from vlmtune_cli.data.synthetic import make_sample
 from vlmtune_cli.errors import UsageError
-from vlmtune_cli.families import FAMILIES
-from vlmtune_cli.recipe import dump_recipe, load_recipe
-from vlmtune_cli.schema import DataSection
-from vlmtune_cli.scoring import score
-from vlmtune_cli.synthetic import make_sample
+from vlmtune_cli.eval import benchmark, report
+from vlmtune_cli.eval.scoring import score
+from vlmtune_cli.models.families import FAMILIES
 
 from .conftest import RECIPES
 
@@ -110,12 +110,12 @@ def test_vqa_scoring() -> None:
 # --- tables and the report -------------------------------------------------------------------------------
 
 
-def _result(name: str, run_dir: Path, **metrics: float | None) -> evaluate.BenchmarkResult:
+def _result(name: str, run_dir: Path, **metrics: float | None) -> benchmark.BenchmarkResult:
     recipe = load_recipe(SMOKE, environ={})
     values = {"mean_iou": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5, "accuracy_50": 0.5, "map_50": 0.5,
               "map_50_95": 0.2, "parse_failure_rate": 0.1, "samples": 10, **metrics}
-    target = evaluate.Target(name, run_dir, recipe, "final", run_dir / "final")
-    return evaluate.BenchmarkResult(target, {"split": "test", "model": recipe.model.name, "metrics": values})
+    target = benchmark.Target(name, run_dir, recipe, "final", run_dir / "final")
+    return benchmark.BenchmarkResult(target, {"split": "test", "model": recipe.model.name, "metrics": values})
 
 
 def test_table_marks_the_best_of_each_column(tmp_path: Path) -> None:
@@ -224,7 +224,7 @@ def test_latest_run_is_the_last_to_finish(workspace: Path) -> None:
     _fake_run(workspace, "unfinished", final=False)
     os.utime(older / "final" / "COMPLETE", (2_000_000_000, 2_000_000_000))
     os.utime(newer / "final" / "COMPLETE", (1_000_000_000, 1_000_000_000))
-    assert evaluate.latest_run(workspace / "runs") == older
+    assert benchmark.latest_run(workspace / "runs") == older
 
 
 def test_weights_of_another_family_are_refused(tmp_path: Path) -> None:
@@ -233,29 +233,29 @@ def test_weights_of_another_family_are_refused(tmp_path: Path) -> None:
 
     qwen = next(f for f in FAMILIES if f.name == "qwen2-vl")
     run = _fake_run(tmp_path)
-    target = evaluate.run_target(run)
+    target = benchmark.run_target(run)
     (run / "final" / "config.json").write_text(json.dumps({"model_type": "mllama"}))
     with pytest.raises(UsageError, match="holds a 'mllama' model"):
-        evaluate.check_family(target, qwen)
+        benchmark.check_family(target, qwen)
     (run / "final" / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
-    evaluate.check_family(target, qwen)
+    benchmark.check_family(target, qwen)
     (run / "final" / "adapter_config.json").write_text("{}")
     weight = np.zeros((2, 2), dtype=np.float32)
     save_file({"base_model.model.model.language_model.layers.0.q_proj.lora_A.weight": weight},
               str(run / "final" / "adapter_model.safetensors"))
-    evaluate.check_family(target, qwen)
+    benchmark.check_family(target, qwen)
     save_file({"base_model.model.model.vision_model.layers.0.q_proj.lora_A.weight": weight},
               str(run / "final" / "adapter_model.safetensors"))
     with pytest.raises(UsageError, match="another model family"):
-        evaluate.check_family(target, qwen)
+        benchmark.check_family(target, qwen)
 
 
 def test_result_files_are_named_by_what_was_evaluated(tmp_path: Path) -> None:
     run = _fake_run(tmp_path, checkpoints=("checkpoint-4",))
-    assert evaluate.run_target(run).metrics_file == run / "metrics.json"
-    target = evaluate.run_target(run, "4")
+    assert benchmark.run_target(run).metrics_file == run / "metrics.json"
+    target = benchmark.run_target(run, "4")
     assert target.predictions_file == run / "predictions-checkpoint-4.jsonl" and target.name.endswith("@checkpoint-4")
-    base = evaluate.base_target(SMOKE, tmp_path / "runs")
+    base = benchmark.base_target(SMOKE, tmp_path / "runs")
     assert base.metrics_file == tmp_path / "runs" / "smoke" / "metrics-base.json" and base.weights is None
 
 
@@ -316,7 +316,7 @@ def test_generated_gold_answers_score_perfectly_end_to_end(run: Path, monkeypatc
     def gold(model, processor, samples, **kwargs):
         return ["p"] * len(samples), _answers(samples)
 
-    monkeypatch.setattr(evaluate, "generate", gold)
+    monkeypatch.setattr(benchmark, "generate", gold)
     result = runner.invoke(app, ["benchmark", "runs/smoke", "--split", "train", "--limit", "5", "--json"])
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)["runs"][0]["metrics"]
@@ -330,12 +330,12 @@ def test_generated_gold_answers_score_perfectly_end_to_end(run: Path, monkeypatc
 def test_batched_generation_matches_one_at_a_time(run: Path, cache_dir: Path) -> None:
     import torch
 
-    target = evaluate.run_target(run)
-    processor, family = evaluate.load_processor_and_family(target, cache_dir)
-    samples = evaluate.load_samples(target.recipe, "train", family, processor, limit=5)
-    model = evaluate.load_model(target, cache_dir)
-    _, one = evaluate.generate(model, processor, samples, batch_size=1, max_new_tokens=6)
-    prompts, batched = evaluate.generate(model, processor, samples, batch_size=5, max_new_tokens=6)
+    target = benchmark.run_target(run)
+    processor, family = benchmark.load_processor_and_family(target, cache_dir)
+    samples = benchmark.load_samples(target.recipe, "train", family, processor, limit=5)
+    model = benchmark.load_model(target, cache_dir)
+    _, one = benchmark.generate(model, processor, samples, batch_size=1, max_new_tokens=6)
+    prompts, batched = benchmark.generate(model, processor, samples, batch_size=5, max_new_tokens=6)
     assert len({len(p) for p in prompts}) > 1, "prompts of different lengths, so the batch is padded"
     assert processor.tokenizer.padding_side == "left"
     # Left padding: the next-token logits of each padded row equal those of the row alone.
@@ -373,7 +373,7 @@ def test_interrupted_benchmark_leaves_no_metrics(run: Path, monkeypatch: pytest.
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(evaluate, "generate", interrupted)
+    monkeypatch.setattr(benchmark, "generate", interrupted)
     result = runner.invoke(app, ["benchmark", "runs/smoke"])
     assert result.exit_code != 0
     assert not (run / "metrics.json").exists() and not (run / "predictions.jsonl").exists()
@@ -410,7 +410,7 @@ def test_vqa_baseline_end_to_end(workspace: Path, monkeypatch: pytest.MonkeyPatc
     rows = [json.loads(line) for line in (workspace / "runs" / "vqa" / "predictions-base.jsonl").open()]
     assert len(rows) == record["samples"] == 2 and all(row["target"]["answer"] for row in rows)
 
-    monkeypatch.setattr(evaluate, "generate", lambda model, processor, samples, **kw: (["p"] * len(samples),
+    monkeypatch.setattr(benchmark, "generate", lambda model, processor, samples, **kw: (["p"] * len(samples),
                                                                                          _answers(samples)))
     result = runner.invoke(app, ["benchmark", "--recipe", str(recipe), "--base", "--json"])
     assert json.loads(result.stdout)["runs"][0]["metrics"]["exact_match"] == 1.0

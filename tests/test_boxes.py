@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vlmtune_cli.boxes import FORMATS, format_boxes, parse_boxes, processor_resized_size, smart_resize
 from vlmtune_cli.errors import UsageError
+from vlmtune_cli.models.boxes import FORMATS, format_boxes, parse_boxes, processor_resized_size, smart_resize
 
 SIZE = (200, 250)
 BOXES = [(10, 20, 110, 90), (0, 0, 200, 250), (57, 133, 58, 134)]

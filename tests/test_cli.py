@@ -93,7 +93,7 @@ def test_workspace_default_from_pyproject(workspace: Path) -> None:
 
 
 def test_settings_precedence_env_over_file(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vlmtune_cli.settings import load_settings
+    from vlmtune_cli.config.settings import load_settings
 
     (workspace / "vlmtune.toml").write_text('runs_dir = "from-file"\n[slurm]\npartition = "gpu"\n')
     (workspace / "pyproject.toml").write_text('[tool.vlmtune]\nruns_dir = "from-pyproject"\ncache_dir = "c"\n')

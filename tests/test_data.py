@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vlmtune_cli.boxes import FORMATS, parse_boxes
-from vlmtune_cli.data import load_splits
+from vlmtune_cli.config.schema import DataSection
+from vlmtune_cli.data.sources import load_splits
 from vlmtune_cli.errors import UsageError, VlmtuneError
-from vlmtune_cli.schema import DataSection
+from vlmtune_cli.models.boxes import FORMATS, parse_boxes
 
 
 def load(box_format: str = "qwen2-vl-grid", **data) -> dict[str, list[dict]]:

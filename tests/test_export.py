@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from vlmtune_cli import exporting
 from vlmtune_cli.cli import app
+from vlmtune_cli.models import export
 
 from .tiny_run import tiny_run
 
@@ -56,18 +56,18 @@ def _adapter_tokens(run: Path, cache_dir: Path, image_paths: list[Path], inputs_
     from peft import PeftModel
     from PIL import Image
 
-    from vlmtune_cli import models
-    from vlmtune_cli.recipe import load_recipe
+    from vlmtune_cli.config.recipe import load_recipe
+    from vlmtune_cli.models import loading
 
     recipe = load_recipe(run / "recipe.toml", environ={})
-    processor = models.load_processor(recipe.model, recipe.data, cache_dir, from_dir=run / "final")
+    processor = loading.load_processor(recipe.model, recipe.data, cache_dir, from_dir=run / "final")
     processor.tokenizer.padding_side = "left"
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Detect the table."}]}]
     prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     images = [Image.open(p).convert("RGB") for p in image_paths]
     inputs = processor(text=[prompt] * len(images), images=images, padding=True, return_tensors="pt")
     torch.save(dict(inputs), inputs_file)
-    model = PeftModel.from_pretrained(models.load_model(recipe.model, cache_dir), run / "final").eval()
+    model = PeftModel.from_pretrained(loading.load_model(recipe.model, cache_dir), run / "final").eval()
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=12, do_sample=False, num_beams=1,
                              pad_token_id=processor.tokenizer.pad_token_id)
@@ -76,7 +76,7 @@ def _adapter_tokens(run: Path, cache_dir: Path, image_paths: list[Path], inputs_
 
 @pytest.mark.slow
 def test_merged_export_generates_what_the_adapter_generates_without_vlmtune(workspace: Path, cache_dir: Path) -> None:
-    from vlmtune_cli.synthetic import draw_scene
+    from vlmtune_cli.data.synthetic import draw_scene
 
     run = tiny_run(cache_dir, workspace)
     merged = runner.invoke(app, ["export", "smoke", "--merge", "--json"])
@@ -129,7 +129,7 @@ def test_checkpoint_export_and_a_run_without_final(workspace: Path, cache_dir: P
     out = Path(record["out"])
     assert out == run / "export" / "adapter-checkpoint-1"
     assert not {"optimizer.pt", "scheduler.pt", "trainer_state.json", "COMPLETE"} & set(os.listdir(out))
-    info = json.loads((out / exporting.EXPORT_INFO).read_text())
+    info = json.loads((out / export.EXPORT_INFO).read_text())
     assert info["checkpoint"] == "checkpoint-1" and info["processor_class"] == "Qwen2VLProcessor"
 
 
@@ -148,7 +148,7 @@ def test_out_is_never_overwritten_without_force_and_a_failed_export_leaves_nothi
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(exporting, "_save_processor", broken)
+        patch.setattr(export, "_save_processor", broken)
         failed = runner.invoke(app, ["export", "smoke", "--out", "out", "--force"])
     assert failed.exit_code == 1 and "No space left on device" in failed.output
     assert (workspace / "out" / "keep.txt").read_text() == "mine"  # the old export survives a failed one

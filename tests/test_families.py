@@ -12,14 +12,14 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from vlmtune_cli import builtin_models
 from vlmtune_cli.cli import app
+from vlmtune_cli.config.recipe import load_recipe
+from vlmtune_cli.config.schema import DataSection, ModelSection
+from vlmtune_cli.encode.labels import IGNORE_INDEX, LabelSpec, VisionCollator, encode_sample
 from vlmtune_cli.errors import UsageError
-from vlmtune_cli.families import COMPONENTS, component_of, family_for_model_type
-from vlmtune_cli.labels import IGNORE_INDEX, LabelSpec, VisionCollator, encode_sample
-from vlmtune_cli.models import load_family, load_model, load_processor, load_trained_model, resolve_model_path
-from vlmtune_cli.recipe import load_recipe
-from vlmtune_cli.schema import DataSection, ModelSection
+from vlmtune_cli.models import builtin
+from vlmtune_cli.models.families import COMPONENTS, component_of, family_for_model_type
+from vlmtune_cli.models.loading import load_family, load_model, load_processor, load_trained_model, resolve_model_path
 
 from .conftest import RECIPES
 
@@ -76,7 +76,7 @@ def test_every_parameter_lies_in_exactly_one_component_and_each_component_has_so
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("builder", [builtin_models.build_tiny_qwen2_5_vl, builtin_models.build_tiny_mllama])
+@pytest.mark.parametrize("builder", [builtin.build_tiny_qwen2_5_vl, builtin.build_tiny_mllama])
 def test_builders_are_deterministic(tmp_path: Path, builder) -> None:
     def digest(directory: Path) -> dict[str, str]:
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
@@ -90,7 +90,7 @@ def test_builders_are_deterministic(tmp_path: Path, builder) -> None:
 def test_mllama_processor_loads_without_the_image_only_fallback_and_refuses_pixel_bounds(built: Path) -> None:
     processor = load_processor(_section("mllama"), DataSection(), built)
     assert type(processor).__name__ == "MllamaProcessor"
-    assert processor.image_processor.size["height"] == builtin_models.MLLAMA_IMAGE_SIZE
+    assert processor.image_processor.size["height"] == builtin.MLLAMA_IMAGE_SIZE
     with pytest.raises(UsageError, match="min_pixels/max_pixels"):
         load_processor(_section("mllama"), DataSection(max_pixels=50176), built)
 
@@ -100,8 +100,8 @@ def test_a_tokenizer_that_adds_bos_still_gives_one_bos(built: Path) -> None:
     cache and generation must not feed the model two."""
     from tokenizers.processors import TemplateProcessing
 
-    from vlmtune_cli import evaluate
-    from vlmtune_cli.cached_inputs import probe_layout, processor_outputs
+    from vlmtune_cli.encode.inputs import probe_layout, processor_outputs
+    from vlmtune_cli.eval import benchmark
 
     processor = load_processor(_section("mllama"), DataSection(), built)
     tokenizer = processor.tokenizer
@@ -119,7 +119,7 @@ def test_a_tokenizer_that_adds_bos_still_gives_one_bos(built: Path) -> None:
     seen: list[list[int]] = []
     generate = model.generate
     model.generate = lambda **inputs: seen.append(inputs["input_ids"][0].tolist()) or generate(**inputs)
-    evaluate.generate(model, processor, [sample], batch_size=1, max_new_tokens=1)
+    benchmark.generate(model, processor, [sample], batch_size=1, max_new_tokens=1)
     for ids in (trained, cached, seen[0]):
         assert ids.count(bos_id) == 1 and ids[0] == bos_id
     assert trained == cached
@@ -160,8 +160,8 @@ def test_labels_per_family(built: Path, family: str) -> None:
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_cached_batches_equal_the_in_memory_encoding(workspace: Path, built: Path, family: str) -> None:
     """One and two images of odd sizes per sample: the cache gives the collator what the processor gives."""
-    from vlmtune_cli.data import load_splits
-    from vlmtune_cli.tokenized import open_splits, read_rows, tokenize_recipe
+    from vlmtune_cli.data.sources import load_splits
+    from vlmtune_cli.encode.build import open_splits, read_rows, tokenize_recipe
 
     for name, size in (("a", (97, 131)), ("b", (300, 200)), ("c", (224, 224))):
         Image.new("RGB", size, "blue").save(workspace / f"{name}.png")

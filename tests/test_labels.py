@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from vlmtune_cli.labels import IGNORE_INDEX, LabelSpec, VisionCollator, build_labels, encode_sample
-from vlmtune_cli.schema import DataSection, ModelSection
+from vlmtune_cli.config.schema import DataSection, ModelSection
+from vlmtune_cli.encode.labels import IGNORE_INDEX, LabelSpec, VisionCollator, build_labels, encode_sample
 
 SYSTEM = {"role": "system", "content": [{"type": "text", "text": "You find tables."}]}
 
@@ -25,12 +25,12 @@ def image(color: str = "white", size: int = 224) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def processor_and_spec(tmp_path_factory: pytest.TempPathFactory):
-    from vlmtune_cli import models
+    from vlmtune_cli.models import loading
 
     cache = tmp_path_factory.mktemp("labels-cache")
     section = ModelSection(name="builtin:tiny-qwen2-vl")
-    processor = models.load_processor(section, DataSection(min_pixels=224 * 224, max_pixels=224 * 224), cache)
-    family = models.load_family(section, cache)
+    processor = loading.load_processor(section, DataSection(min_pixels=224 * 224, max_pixels=224 * 224), cache)
+    family = loading.load_family(section, cache)
     return processor, LabelSpec.for_family(processor.tokenizer, family)
 
 

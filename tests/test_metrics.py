@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vlmtune_cli.metrics import (
+from vlmtune_cli.eval.metrics import (
     coco_map,
     detection_metrics,
     exact_match,

@@ -12,10 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmtune_cli import builtin_models
+from vlmtune_cli.config.schema import DataSection, LoraSection, ModelSection, TuningSection
 from vlmtune_cli.errors import UsageError, VlmtuneError
-from vlmtune_cli.families import COMPONENTS, FAMILIES, component_of, family_for_model_type
-from vlmtune_cli.models import (
+from vlmtune_cli.models import builtin
+from vlmtune_cli.models.families import COMPONENTS, FAMILIES, component_of, family_for_model_type
+from vlmtune_cli.models.loading import (
     apply_tuning,
     family_of,
     load_model,
@@ -24,7 +25,6 @@ from vlmtune_cli.models import (
     resolve_model_path,
     trainable_table,
 )
-from vlmtune_cli.schema import DataSection, LoraSection, ModelSection, TuningSection
 
 TINY = ModelSection(name="builtin:tiny-qwen2-vl")
 
@@ -69,11 +69,11 @@ def batch(processor):
 def test_builtin_model_round_trips_through_auto_classes(cache_dir):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from vlmtune_cli import qwen2_vl_processor
+    from vlmtune_cli.models import qwen_processor
 
     path = resolve_model_path(TINY.name, cache_dir)
     assert Path(path) == cache_dir / "models" / "tiny-qwen2-vl"
-    qwen2_vl_processor.register()
+    qwen_processor.register()
     model = AutoModelForImageTextToText.from_pretrained(path)
     processor = AutoProcessor.from_pretrained(path)
     assert model.config.model_type == "qwen2_vl"
@@ -82,7 +82,7 @@ def test_builtin_model_round_trips_through_auto_classes(cache_dir):
     assert len(tokenizer) == model.config.text_config.vocab_size == 600
     assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.padding_side == "right"
     assert all(
-        tokenizer.convert_tokens_to_ids(t) != tokenizer.unk_token_id for t in builtin_models.SPECIAL_TOKENS
+        tokenizer.convert_tokens_to_ids(t) != tokenizer.unk_token_id for t in builtin.SPECIAL_TOKENS
     )
     assert type(processor.image_processor).__name__ == "Qwen2VLImageProcessorPil"
 
@@ -96,8 +96,8 @@ def test_builtin_model_is_built_once_and_reused(cache_dir):
 
 
 def test_build_is_deterministic(cache_dir, tmp_path):
-    builtin_models.build_tiny_qwen2_vl(tmp_path / "again", seed=0)
-    builtin_models.build_tiny_qwen2_vl(tmp_path / "other", seed=1)
+    builtin.build_tiny_qwen2_vl(tmp_path / "again", seed=0)
+    builtin.build_tiny_qwen2_vl(tmp_path / "other", seed=1)
     first = cache_dir / "models" / "tiny-qwen2-vl"
     for name in ("model.safetensors", "tokenizer.json", "chat_template.jinja", "config.json"):
         assert (first / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
@@ -111,9 +111,9 @@ def test_killed_build_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
         (directory / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(builtin_models, "_write_tiny_qwen2_vl", crash)
+    monkeypatch.setattr(builtin, "_write_tiny_qwen2_vl", crash)
     with pytest.raises(KeyboardInterrupt):
-        builtin_models.build_tiny_qwen2_vl(tmp_path / "tiny", seed=0)
+        builtin.build_tiny_qwen2_vl(tmp_path / "tiny", seed=0)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -126,9 +126,9 @@ def test_concurrent_resolves_build_once_and_clear_leftovers(tmp_path, monkeypatc
     def slow_build(out_dir, seed=0):
         builds.append(out_dir)
         time.sleep(0.2)  # long enough for the other thread to arrive while this one builds
-        builtin_models.build_tiny_qwen2_vl(out_dir, seed)
+        builtin.build_tiny_qwen2_vl(out_dir, seed)
 
-    monkeypatch.setitem(builtin_models.BUILDERS, TINY.name, ("tiny-qwen2-vl", slow_build))
+    monkeypatch.setitem(builtin.BUILDERS, TINY.name, ("tiny-qwen2-vl", slow_build))
     leftover = tmp_path / "models" / ".tiny-qwen2-vl.building-killed"
     leftover.mkdir(parents=True)
     threads = [threading.Thread(target=resolve_model_path, args=(TINY.name, tmp_path)) for _ in range(2)]
@@ -137,7 +137,7 @@ def test_concurrent_resolves_build_once_and_clear_leftovers(tmp_path, monkeypatc
     for thread in threads:
         thread.join()
     assert len(builds) == 1
-    assert builtin_models.is_current_build(tmp_path / "models" / "tiny-qwen2-vl")
+    assert builtin.is_current_build(tmp_path / "models" / "tiny-qwen2-vl")
     assert not leftover.exists()
 
 
@@ -295,5 +295,5 @@ def test_loading_errors_name_the_model(cache_dir, tmp_path):
 
 
 def test_importing_the_modules_does_not_import_torch():
-    code = "import sys, vlmtune_cli.models, vlmtune_cli.families; assert 'torch' not in sys.modules"
+    code = "import sys, vlmtune_cli.models.loading, vlmtune_cli.models.families; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmtune_cli import cached_inputs
-from vlmtune_cli.cached_inputs import ModelInputs
-from vlmtune_cli.models import load_processor
-from vlmtune_cli.patchify import Patchifier
-from vlmtune_cli.schema import DataSection, ModelSection
+from vlmtune_cli.config.schema import DataSection, ModelSection
+from vlmtune_cli.encode import inputs
+from vlmtune_cli.encode.inputs import ModelInputs
+from vlmtune_cli.encode.patchify import Patchifier
+from vlmtune_cli.models.loading import load_processor
 
 QWEN = ["builtin:tiny-qwen2-vl", "builtin:tiny-qwen2.5-vl"]
 WIDE = DataSection(min_pixels=28 * 28 * 4, max_pixels=448 * 448)
@@ -79,7 +79,7 @@ def test_loader_rows_are_the_same_with_and_without_the_lookup(cache_dir: Path,
              "image_sizes": [sizes]}
     with_lookup = ModelInputs(image_processor, {})
     assert with_lookup.patchifier is not None
-    monkeypatch.setattr(cached_inputs, "EXACT_FAST_PIXELS", False)
+    monkeypatch.setattr(inputs, "EXACT_FAST_PIXELS", False)
     without = ModelInputs(image_processor, {})
     assert without.patchifier is None
     a, b = with_lookup(dict(batch))["pixel_values"][0], without(dict(batch))["pixel_values"][0]
@@ -89,7 +89,7 @@ def test_loader_rows_are_the_same_with_and_without_the_lookup(cache_dir: Path,
 def test_batches_made_in_worker_processes_equal_the_processor_output(cache_dir: Path) -> None:
     import torch
 
-    from vlmtune_cli.labels import VisionCollator
+    from vlmtune_cli.encode.labels import VisionCollator
 
     image_processor = processor(cache_dir, QWEN[0]).image_processor
     rng = np.random.default_rng(5)

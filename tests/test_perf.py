@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vlmtune_cli.recipe import load_recipe
+from vlmtune_cli.config.recipe import load_recipe
 
 from .conftest import RECIPES, REPO
 
@@ -21,26 +21,28 @@ def test_group_by_length_reads_the_stored_lengths(workspace: Path, cache_dir: Pa
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from vlmtune_cli import cached_inputs, models, trainer
+    from vlmtune_cli.config.settings import load_settings
+    from vlmtune_cli.encode import inputs
+    from vlmtune_cli.encode.build import open_splits, read_rows, tokenize_recipe
+    from vlmtune_cli.models import loading
     from vlmtune_cli.runs import run_dir_for
-    from vlmtune_cli.settings import load_settings
-    from vlmtune_cli.tokenized import open_splits, read_rows, tokenize_recipe
+    from vlmtune_cli.train import trainer
 
     recipe = load_recipe(SMOKE, ["data.split_ratio=1.0", "data.num_samples=40", "data.max_samples=40",
                                  "training.batch_size=4", "training.report_to=['none']",
                                  f"training.group_by_length={str(grouped).lower()}"])
-    processor = models.load_processor(recipe.model, recipe.data, cache_dir)
+    processor = loading.load_processor(recipe.model, recipe.data, cache_dir)
     result = tokenize_recipe(recipe, cache_dir, processor=processor)
     train_set, _ = open_splits(result, processor)
     lengths = [len(row["input_ids"]) for row in read_rows(result, 40)]
     assert list(train_set.with_format(None)["length"]) == lengths
-    model = models.load_model(recipe.model, cache_dir)
-    model = models.apply_tuning(model, recipe.tuning, recipe.lora, seed=42)
+    model = loading.load_model(recipe.model, cache_dir)
+    model = loading.apply_tuning(model, recipe.tuning, recipe.lora, seed=42)
     built = trainer._build_trainer(recipe, run_dir_for(recipe, load_settings().runs_dir), model, processor,
                                    train_set, None, None)
     calls = []
-    original = cached_inputs.ModelInputs.__call__
-    monkeypatch.setattr(cached_inputs.ModelInputs, "__call__", lambda self, b: calls.append(1) or original(self, b))
+    original = inputs.ModelInputs.__call__
+    monkeypatch.setattr(inputs.ModelInputs, "__call__", lambda self, b: calls.append(1) or original(self, b))
     sampler = built._get_train_sampler()
     assert calls == []  # finding the lengths loaded no sample
     if not grouped:

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vlmtune_cli import evaluate, predicting
 from vlmtune_cli.cli import app
-from vlmtune_cli.report import PRED_COLOUR
-from vlmtune_cli.synthetic import draw_scene
+from vlmtune_cli.data.synthetic import draw_scene
+from vlmtune_cli.eval import benchmark, predict
+from vlmtune_cli.eval.report import PRED_COLOUR
 
 from .tiny_run import tiny_run
 
@@ -66,7 +66,7 @@ def test_boxes_are_parsed_in_original_pixels_and_drawn(workspace: Path, cache_di
         assert samples[0]["messages"][-1]["content"][-1]["text"] == "Detect the table."
         return ["prompt"] * len(samples), [answer, "no box here"]
 
-    monkeypatch.setattr(evaluate, "generate", fake_generate)
+    monkeypatch.setattr(benchmark, "generate", fake_generate)
     result = runner.invoke(app, ["predict", "smoke", str(image), str(twin), "--prompt", "Detect the table.",
                                  "--out", "out", "--json"])
     assert result.exit_code == 0, result.output
@@ -99,4 +99,4 @@ def test_bad_input_gets_a_message_and_exit_code(workspace: Path, cache_dir: Path
     assert f"vlmtune predict {run} {images[0]} --checkpoint checkpoint-2" in unfinished.output
     for result in (missing, broken, folder, unknown, unfinished):
         assert "Traceback" not in result.output
-    assert not (run / predicting.DEFAULT_OUT).exists()  # nothing written for failed calls
+    assert not (run / predict.DEFAULT_OUT).exists()  # nothing written for failed calls

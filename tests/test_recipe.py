@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from vlmtune_cli.config.recipe import dump_recipe, load_recipe, parse_value, recipe_diff
+from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.errors import RecipeError
-from vlmtune_cli.recipe import dump_recipe, load_recipe, parse_value, recipe_diff
-from vlmtune_cli.schema import Recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -148,7 +148,7 @@ def test_recipe_diff_lists_changed_keys() -> None:
 
 
 def test_recipe_reference_is_up_to_date() -> None:
-    from vlmtune_cli.reference import render
+    from vlmtune_cli.config.reference import render
 
     current = (RECIPES.parent / "docs" / "recipes.md").read_text()
-    assert current == render(), "regenerate it: python -m vlmtune_cli.reference > docs/recipes.md"
+    assert current == render(), "regenerate it: python -m vlmtune_cli.config.reference > docs/recipes.md"

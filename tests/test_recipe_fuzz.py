@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from vlmtune_cli.cli import app
-from vlmtune_cli.schema import TABLES, Recipe
+from vlmtune_cli.config.schema import TABLES, Recipe
 
 from .conftest import RECIPES
 

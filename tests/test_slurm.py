@@ -10,14 +10,14 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
-from vlmtune_cli.chain import plan
-from vlmtune_cli.chain_records import new_manifest, read_manifest, write_manifest
 from vlmtune_cli.cli import app
+from vlmtune_cli.cluster.chain import plan
+from vlmtune_cli.cluster.records import new_manifest, read_manifest, write_manifest
+from vlmtune_cli.cluster.sbatch import SlurmFlags, sbatch_parameters, sbatch_script, time_to_seconds
+from vlmtune_cli.config.recipe import load_recipe
+from vlmtune_cli.config.settings import Settings, SlurmDefaults
 from vlmtune_cli.errors import UsageError
-from vlmtune_cli.recipe import load_recipe
 from vlmtune_cli.runs import RunDir
-from vlmtune_cli.settings import Settings, SlurmDefaults
-from vlmtune_cli.slurm import SlurmFlags, sbatch_parameters, sbatch_script, time_to_seconds
 
 from .conftest import RECIPES
 
@@ -125,7 +125,7 @@ def test_bad_submit_input(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_two_trainings_cannot_hold_one_run_directory(tmp_path: Path) -> None:
-    from vlmtune_cli.trainer import _run_dir_lock
+    from vlmtune_cli.train.trainer import _run_dir_lock
 
     run = RunDir(tmp_path / "runs" / "smoke")
     with _run_dir_lock(run):
@@ -139,7 +139,7 @@ def test_two_trainings_cannot_hold_one_run_directory(tmp_path: Path) -> None:
 def test_stop_request_saves_and_stops_at_the_step_end() -> None:
     from transformers import TrainerControl
 
-    from vlmtune_cli.trainer_callbacks import StopOnRequest, clear_stop_request, request_stop
+    from vlmtune_cli.train.callbacks import StopOnRequest, clear_stop_request, request_stop
 
     callback, args = StopOnRequest(), SimpleNamespace(world_size=1)
     control = callback.on_step_end(args, None, TrainerControl())

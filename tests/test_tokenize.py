@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vlmtune_cli import cache
 from vlmtune_cli.cli import app
-from vlmtune_cli.recipe import load_recipe
+from vlmtune_cli.config.recipe import load_recipe
+from vlmtune_cli.encode import cache
 
 from .conftest import RECIPES
 
@@ -189,7 +189,7 @@ def test_remembered_digests_of_files_gone_or_changed_are_dropped(tmp_path: Path,
 
 def test_fingerprint_of_builtin_and_plugin_sources(jsonl_recipe: Path, workspace: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from vlmtune_cli import synthetic
+    from vlmtune_cli.data import synthetic
 
     builtin = ("data.source=builtin:synthetic-detection",)
     base = key(jsonl_recipe, *builtin)
@@ -272,18 +272,19 @@ def test_cached_batches_equal_the_in_memory_encoding(workspace: Path, cache_dir:
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from vlmtune_cli import cached_inputs, models
+    from vlmtune_cli.encode import inputs
+    from vlmtune_cli.models import loading
 
-    monkeypatch.setattr(cached_inputs, "EXPAND_WITHOUT_PIXELS", shortcut)
-    from vlmtune_cli.data import load_splits
-    from vlmtune_cli.labels import LabelSpec, VisionCollator, encode_sample
-    from vlmtune_cli.tokenized import open_splits, read_rows, tokenize_recipe
+    monkeypatch.setattr(inputs, "EXPAND_WITHOUT_PIXELS", shortcut)
+    from vlmtune_cli.data.sources import load_splits
+    from vlmtune_cli.encode.build import open_splits, read_rows, tokenize_recipe
+    from vlmtune_cli.encode.labels import LabelSpec, VisionCollator, encode_sample
 
     source = write_jsonl(workspace / "set.jsonl", mixed_rows(workspace))
     # min_pixels below max_pixels: most images are resized before they are stored.
     recipe = load_recipe(SMOKE, [f"data.source={source}", "data.split_ratio=1.0", "data.min_pixels=3136"])
-    processor = models.load_processor(recipe.model, recipe.data, cache_dir)
-    family = models.load_family(recipe.model, cache_dir)
+    processor = loading.load_processor(recipe.model, recipe.data, cache_dir)
+    family = loading.load_family(recipe.model, cache_dir)
     result = tokenize_recipe(recipe, cache_dir, processor=processor, family=family, force=True)
     assert result.manifest["images"] == "resized" and result.manifest["ids_without_pixels"] is shortcut
     samples = load_splits(recipe.data, box_format=family.box_format, processor=processor)["train"]
@@ -305,9 +306,9 @@ def test_cached_batches_equal_the_in_memory_encoding(workspace: Path, cache_dir:
 
 @pytest.mark.slow
 def test_workers_write_the_same_cache(workspace: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vlmtune_cli import tokenized
+    from vlmtune_cli.encode import build
 
-    monkeypatch.setattr(tokenized, "BATCH_ROWS", 3)  # shards of 3 samples: several tasks for two workers
+    monkeypatch.setattr(build, "BATCH_ROWS", 3)  # shards of 3 samples: several tasks for two workers
     args = [SMOKE, *sets("data.num_samples=14", "data.max_samples=14", "data.seed=202")]
     one = as_json(*args, "--workers", "1", "--force")
     two = as_json(*args, "--workers", "2", "--force")
@@ -315,15 +316,15 @@ def test_workers_write_the_same_cache(workspace: Path, cache_dir: Path, monkeypa
     strip = ("build_seconds", "workers")
     assert {k: v for k, v in one["stats"].items() if k not in strip} == \
            {k: v for k, v in two["stats"].items() if k not in strip}
-    result = tokenized.tokenize_recipe(load_recipe(SMOKE, args[2::2]), cache_dir)
+    result = build.tokenize_recipe(load_recipe(SMOKE, args[2::2]), cache_dir)
     assert result.hit and len(result.manifest["splits"]["train"]["shards"]) > 2
     columns = ("id", "input_ids", "labels", "images", "image_sizes", "image_grid_thw", "mm_token_type_ids")
-    rows_two = tokenized.read_rows(result, 100, columns)
-    tokenized.tokenize_recipe(load_recipe(SMOKE, args[2::2]), cache_dir, force=True, workers=1)
-    again = tokenized.tokenize_recipe(load_recipe(SMOKE, args[2::2]), cache_dir)
+    rows_two = build.read_rows(result, 100, columns)
+    build.tokenize_recipe(load_recipe(SMOKE, args[2::2]), cache_dir, force=True, workers=1)
+    again = build.tokenize_recipe(load_recipe(SMOKE, args[2::2]), cache_dir)
     assert again.hit and len(again.manifest["splits"]["train"]["shards"]) < len(result.manifest["splits"]["train"]
                                                                                 ["shards"])
-    assert tokenized.read_rows(again, 100, columns) == rows_two
+    assert build.read_rows(again, 100, columns) == rows_two
 
 
 @pytest.mark.slow
@@ -475,14 +476,14 @@ def test_a_killed_build_leaves_nothing_that_looks_complete(workspace: Path, cach
 def test_train_reads_the_cache(workspace: Path, cache_dir: Path, capsys: pytest.CaptureFixture) -> None:
     import datasets
 
-    from vlmtune_cli import models
-    from vlmtune_cli.trainer import _encoded_splits
+    from vlmtune_cli.models import loading
+    from vlmtune_cli.train.trainer import _encoded_splits
 
     args = [SMOKE, *sets(*SMALL, "data.seed=303")]
     built = as_json(*args)
     recipe = load_recipe(SMOKE, args[2::2])
-    processor = models.load_processor(recipe.model, recipe.data, cache_dir)
-    family = models.load_family(recipe.model, cache_dir)
+    processor = loading.load_processor(recipe.model, recipe.data, cache_dir)
+    family = loading.load_family(recipe.model, cache_dir)
     capsys.readouterr()
     train, test = _encoded_splits(recipe, processor, family, cache_dir)
     assert f"tokenized data: {built['cache']} (cache hit" in capsys.readouterr().err

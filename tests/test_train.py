@@ -129,7 +129,7 @@ def test_full_fine_tuning_resume_restores_weights_and_frozen_llm_is_untouched(wo
 def test_skipping_the_trainers_module_walks_changes_nothing_but_speed(workspace: Path, tuning: tuple,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """step_overhead.py: weights, gradient norms and FLOP counts equal those of Trainer's own per-step walks."""
-    from vlmtune_cli import step_overhead
+    from vlmtune_cli.train import step_overhead
 
     def run(skip: bool, where: str) -> tuple[dict, list]:
         monkeypatch.setattr(step_overhead, "SKIP_MODULE_WALKS", skip)

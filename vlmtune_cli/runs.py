@@ -27,9 +27,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from vlmtune_cli.config.recipe import dump_recipe, load_recipe, recipe_diff
+from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.errors import UsageError
-from vlmtune_cli.recipe import dump_recipe, load_recipe, recipe_diff
-from vlmtune_cli.schema import Recipe
 
 COMPLETE_MARKER = "COMPLETE"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")

@@ -20,17 +20,17 @@ from typing import Annotated
 import typer
 
 from vlmtune_cli.commands._options import JsonOpt
+from vlmtune_cli.config.recipe import load_recipe
+from vlmtune_cli.config.settings import load_settings, resolve_recipe_path
 from vlmtune_cli.console import console, err_console
 from vlmtune_cli.errors import UsageError
-from vlmtune_cli.recipe import load_recipe
-from vlmtune_cli.settings import load_settings, resolve_recipe_path
 
 
 def benchmark(
     runs: Annotated[
         list[Path] | None,
         typer.Argument(metavar="RUN_DIR", show_default=False,
-                       help="Run directories to evaluate. None: the run in runs_dir that finished last."),
+                       help="Run directories to benchmark. None: the run in runs_dir that finished last."),
     ] = None,
     recipe: Annotated[
         Path | None,
@@ -58,34 +58,34 @@ def benchmark(
     json_output: JsonOpt = False,
 ) -> None:
     """Evaluate runs on their test split: detection or VQA metrics from generated text."""
-    from vlmtune_cli import evaluate
+    from vlmtune_cli.eval import benchmark
 
     settings = load_settings()
     targets = []
     if base:
-        targets.append(evaluate.base_target(resolve_recipe_path(recipe, settings), settings.runs_dir))
+        targets.append(benchmark.base_target(resolve_recipe_path(recipe, settings), settings.runs_dir))
     elif recipe is not None:
         if runs:
             raise UsageError("give run directories or --recipe, not both",
                              hint="--recipe R picks R's run; --recipe R --base adds R's base model as a baseline")
         runs = [settings.runs_dir / load_recipe(recipe).variant]
     if not runs and not base:
-        runs = [evaluate.latest_run(settings.runs_dir)]
+        runs = [benchmark.latest_run(settings.runs_dir)]
         err_console.print(f"benchmarking the most recent run: {runs[0]}", highlight=False)
-    targets += [evaluate.run_target(path, checkpoint) for path in runs or []]
+    targets += [benchmark.run_target(path, checkpoint) for path in runs or []]
 
-    options = evaluate.BenchmarkOptions(split=split, limit=limit, batch_size=batch_size,
+    options = benchmark.BenchmarkOptions(split=split, limit=limit, batch_size=batch_size,
                                         max_new_tokens=max_new_tokens)
     results = []
     for target in targets:
         with _GenerationBar(target.name) as bar:
-            result = evaluate.benchmark(target, settings.cache_dir, options, on_start=bar.start,
+            result = benchmark.benchmark(target, settings.cache_dir, options, on_start=bar.start,
                                         on_batch=bar.advance)
         err_console.print(f"wrote {result.target.metrics_file} and {result.target.predictions_file.name}",
                           highlight=False)
         results.append(result)
 
-    from vlmtune_cli import report
+    from vlmtune_cli.eval import report
 
     report_path = report.write_report(results, settings.runs_dir / report.REPORT_DIR) if len(results) > 1 else None
     if json_output:

@@ -20,9 +20,9 @@ from typing import Annotated
 import typer
 
 from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg
+from vlmtune_cli.config.settings import load_settings
 from vlmtune_cli.console import console
 from vlmtune_cli.errors import UsageError
-from vlmtune_cli.settings import load_settings
 
 app = typer.Typer(help="Follow, resume, cancel a job chain, or run one here without SLURM.", no_args_is_help=True)
 
@@ -38,8 +38,8 @@ def status(run_dir: RunDirArg = None, as_json: JsonOpt = False) -> None:
     """Each link's state, combining the manifest, SLURM and what the run directory shows was trained."""
     from rich.markup import escape
 
-    from vlmtune_cli.chain import resolve_run_dir
-    from vlmtune_cli.chain_status import benchmark_outcome, chain_status, summary_line
+    from vlmtune_cli.cluster.chain import resolve_run_dir
+    from vlmtune_cli.cluster.status import benchmark_outcome, chain_status, summary_line
     from vlmtune_cli.runs import RunDir
 
     path = resolve_run_dir(run_dir, load_settings())
@@ -77,8 +77,8 @@ def resume(
                                                    show_default=False)] = None,
 ) -> None:
     """Resubmit the links not yet trained and not queued (after a failure or a cancel)."""
-    from vlmtune_cli.chain import resolve_run_dir, resume_chain
-    from vlmtune_cli.slurm import SlurmFlags, time_to_seconds
+    from vlmtune_cli.cluster.chain import resolve_run_dir, resume_chain
+    from vlmtune_cli.cluster.sbatch import SlurmFlags, time_to_seconds
 
     if time_limit is not None:
         time_to_seconds(time_limit)
@@ -94,7 +94,7 @@ def resume(
 @app.command("cancel")
 def cancel(run_dir: RunDirArg = None) -> None:
     """Cancel the links still queued or running."""
-    from vlmtune_cli.chain import cancel_chain, resolve_run_dir
+    from vlmtune_cli.cluster.chain import cancel_chain, resolve_run_dir
 
     path = resolve_run_dir(run_dir, load_settings())
     ids = cancel_chain(path)
@@ -109,9 +109,9 @@ def run(
     overrides: OverrideOpt = None,
 ) -> None:
     """Run a chain's links one after another on this machine, without SLURM."""
-    from vlmtune_cli.chain import plan, run_chain_locally
-    from vlmtune_cli.recipe import load_recipe
-    from vlmtune_cli.settings import resolve_recipe_path
+    from vlmtune_cli.cluster.chain import plan, run_chain_locally
+    from vlmtune_cli.config.recipe import load_recipe
+    from vlmtune_cli.config.settings import resolve_recipe_path
 
     if jobs is not None and jobs < 1:
         raise UsageError(f"--jobs {jobs}: a chain needs at least one job")

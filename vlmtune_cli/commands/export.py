@@ -19,8 +19,8 @@ from typing import Annotated
 import typer
 
 from vlmtune_cli.commands._options import JsonOpt
+from vlmtune_cli.config.settings import load_settings
 from vlmtune_cli.console import console, err_console
-from vlmtune_cli.settings import load_settings
 
 
 def export(
@@ -41,14 +41,14 @@ def export(
     json_output: JsonOpt = False,
 ) -> None:
     """Export a run as a folder plain transformers loads: merged model, or adapter + base model reference."""
-    from vlmtune_cli import exporting
+    from vlmtune_cli.models import export
 
     settings = load_settings()
-    target = exporting.run_weights(exporting.find_run(run, settings.runs_dir), checkpoint, "export")
-    out = out if out is not None else exporting.default_out(target, merge)
-    exporting.check_out(out, force, target)  # fail before loading any weights
+    target = export.run_weights(export.find_run(run, settings.runs_dir), checkpoint, "export")
+    out = out if out is not None else export.default_out(target, merge)
+    export.check_out(out, force, target)  # fail before loading any weights
     err_console.print(f"exporting {target.name} ({target.checkpoint}) to {out}", highlight=False)
-    result = exporting.export(target, settings.cache_dir, out, merge=merge, force=force)
+    result = export.export(target, settings.cache_dir, out, merge=merge, force=force)
     if json_output:
         typer.echo(json.dumps(result.as_dict(), indent=2))
         return

@@ -18,8 +18,8 @@ from typing import Annotated
 import typer
 
 from vlmtune_cli.commands._options import JsonOpt
+from vlmtune_cli.config.settings import load_settings
 from vlmtune_cli.console import console, err_console
-from vlmtune_cli.settings import load_settings
 
 
 def predict(
@@ -48,12 +48,13 @@ def predict(
     json_output: JsonOpt = False,
 ) -> None:
     """Answer a few images with a trained run; boxes parsed and drawn onto copies of the images."""
-    from vlmtune_cli import exporting, predicting
+    from vlmtune_cli.eval import predict
+    from vlmtune_cli.models import export
 
     settings = load_settings()
     shown = "".join(f" {image}" for image in images)
-    target = exporting.run_weights(exporting.find_run(run, settings.runs_dir), checkpoint, "predict", shown)
-    result = predicting.predict(target, settings.cache_dir, images, prompt=prompt, out=out,
+    target = export.run_weights(export.find_run(run, settings.runs_dir), checkpoint, "predict", shown)
+    result = predict.predict(target, settings.cache_dir, images, prompt=prompt, out=out,
                                 max_new_tokens=max_new_tokens)
     if result.prompt_source != "--prompt":
         err_console.print(f"prompt {result.prompt!r} (from the {result.prompt_source}; --prompt to change it)",

@@ -16,12 +16,12 @@ from typing import Annotated
 
 import typer
 
-from vlmtune_cli.catalog import find_recipe, list_recipes, new_recipe_text
 from vlmtune_cli.commands._options import JsonOpt
+from vlmtune_cli.config.catalog import find_recipe, list_recipes, new_recipe_text
+from vlmtune_cli.config.recipe import dump_recipe, load_recipe, recipe_diff
+from vlmtune_cli.config.settings import load_settings
 from vlmtune_cli.console import console
 from vlmtune_cli.errors import UsageError
-from vlmtune_cli.recipe import dump_recipe, load_recipe, recipe_diff
-from vlmtune_cli.settings import load_settings
 
 app = typer.Typer(help="List, show, start and compare recipes.", no_args_is_help=True)
 NameArg = Annotated[str, typer.Argument(help="A recipe path, file stem (v2) or variant name.", show_default=False)]

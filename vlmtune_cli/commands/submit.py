@@ -19,10 +19,10 @@ from typing import Annotated
 import typer
 
 from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg
+from vlmtune_cli.config.recipe import load_recipe
+from vlmtune_cli.config.settings import load_settings, resolve_recipe_path
 from vlmtune_cli.console import console
 from vlmtune_cli.errors import UsageError
-from vlmtune_cli.recipe import load_recipe
-from vlmtune_cli.settings import load_settings, resolve_recipe_path
 
 
 def submit(
@@ -40,8 +40,8 @@ def submit(
     as_json: JsonOpt = False,
 ) -> None:
     """Submit a recipe to SLURM as a chain of jobs (checkpointing and requeueing on the time limit)."""
-    from vlmtune_cli import chain as chains
-    from vlmtune_cli.slurm import SlurmFlags, sbatch_parameters, sbatch_script, time_to_seconds
+    from vlmtune_cli.cluster import chain as chains
+    from vlmtune_cli.cluster.sbatch import SlurmFlags, sbatch_parameters, sbatch_script, time_to_seconds
 
     if chain is not None and chain < 1:
         raise UsageError(f"--chain {chain}: a chain needs at least one job")

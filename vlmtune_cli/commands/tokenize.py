@@ -17,9 +17,9 @@ from typing import Annotated, Any
 import typer
 
 from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg
+from vlmtune_cli.config.recipe import load_recipe
+from vlmtune_cli.config.settings import load_settings, resolve_recipe_path
 from vlmtune_cli.console import console
-from vlmtune_cli.recipe import load_recipe
-from vlmtune_cli.settings import load_settings, resolve_recipe_path
 
 
 def tokenize(
@@ -35,8 +35,8 @@ def tokenize(
     """Tokenise a recipe's dataset into the cache and print token statistics (a cache hit loads no model library)."""
     settings = load_settings()
     resolved = load_recipe(resolve_recipe_path(recipe, settings), overrides or [])
-    from vlmtune_cli.token_stats import sample_segments
-    from vlmtune_cli.tokenized import read_rows, tokenize_recipe
+    from vlmtune_cli.encode.build import read_rows, tokenize_recipe
+    from vlmtune_cli.encode.stats import sample_segments
 
     result = tokenize_recipe(resolved, settings.cache_dir, force=force, workers=workers)
     samples = []
@@ -64,7 +64,7 @@ def _payload(result: Any, samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _print(result: Any, samples: list[dict[str, Any]]) -> None:
-    from vlmtune_cli.token_stats import legend, print_stats, render_sample
+    from vlmtune_cli.encode.stats import legend, print_stats, render_sample
 
     counts = ", ".join(f"{name} {s['samples']:,}" for name, s in result.stats["splits"].items())
     how = "cache hit" if result.hit else "built"

@@ -22,9 +22,9 @@ from typing import Annotated
 import typer
 
 from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg
+from vlmtune_cli.config.recipe import dump_recipe, load_recipe
+from vlmtune_cli.config.settings import load_settings, resolve_recipe_path
 from vlmtune_cli.console import console, err_console
-from vlmtune_cli.recipe import dump_recipe, load_recipe
-from vlmtune_cli.settings import load_settings, resolve_recipe_path
 
 
 def train(
@@ -46,7 +46,7 @@ def train(
     if dry_run:
         typer.echo(dump_recipe(resolved), nl=False)
         return
-    from vlmtune_cli.trainer import train as run_training
+    from vlmtune_cli.train.trainer import train as run_training
 
     with _stop_with_checkpoint_on_signals() as received:
         result = run_training(resolved, settings, overwrite=overwrite, require_resume=resume, argv=sys.argv)
@@ -79,7 +79,7 @@ def _stop_with_checkpoint_on_signals() -> Iterator[list[signal.Signals]]:
     A second Ctrl-C interrupts at once (the newest complete checkpoint is then what a resume starts from).
     Yields the list of signals received.
     """
-    from vlmtune_cli.trainer_callbacks import clear_stop_request, request_stop
+    from vlmtune_cli.train.callbacks import clear_stop_request, request_stop
 
     received: list[signal.Signals] = []
     clear_stop_request()

@@ -39,7 +39,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from vlmtune_cli.schema import Recipe
+from vlmtune_cli.config.schema import Recipe
 
 # Bump whenever vlmtune's encoding path (data.py's conversion of rows, labels.py, tokenized.py, the cache format)
 # changes what a cache entry holds: entries written by an older vlmtune then stop matching.
@@ -81,7 +81,7 @@ def fingerprint(recipe: Recipe, cache_dir: Path) -> Fingerprint:
     Builds a built-in tiny model the first time it is named (that needs torch); otherwise reads files only.
     Raises UsageError for a source that names nothing (unknown built-in, missing plugin file, other files).
     """
-    from vlmtune_cli.data import source_kind
+    from vlmtune_cli.data.sources import source_kind
 
     data = recipe.data
     kind = source_kind(data.source)
@@ -277,11 +277,11 @@ def _tree_digest(files: list[Path], base: Path, digests: _Digests) -> str:
 
 def _source_digest(kind: str, data: Any, digests: _Digests) -> dict[str, Any]:
     if kind == "builtin":
-        from vlmtune_cli import synthetic
+        from vlmtune_cli.data import synthetic
 
         return {"version": synthetic.DATA_VERSION}
     if kind == "plugin":
-        from vlmtune_cli.data import plugin_file
+        from vlmtune_cli.data.sources import plugin_file
 
         path, _ = plugin_file(data.source)
         return {"code": digests(path)}
@@ -326,7 +326,7 @@ def _image_paths(row: dict[str, Any]) -> list[str]:
 
 def _model_files(recipe: Recipe, cache_dir: Path, digests: _Digests) -> tuple[str, str, bool]:
     """(where the model loads from, digest of its processor and tokenizer files, whether they were found)."""
-    from vlmtune_cli.models import resolve_model_path
+    from vlmtune_cli.models.loading import resolve_model_path
 
     path = resolve_model_path(recipe.model.name, cache_dir)
     local = Path(path).expanduser()

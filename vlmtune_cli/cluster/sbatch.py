@@ -44,9 +44,9 @@ from typing import Any
 
 import submitit
 
+from vlmtune_cli.config.schema import Recipe
+from vlmtune_cli.config.settings import Settings
 from vlmtune_cli.errors import UsageError, VlmtuneError
-from vlmtune_cli.schema import Recipe
-from vlmtune_cli.settings import Settings
 
 MAX_NUM_TIMEOUT = 20
 """How many times one link may be requeued after its time-limit / preemption signal."""
@@ -209,7 +209,7 @@ class LinkSpec:
         return Settings(runs_dir=Path(self.runs_dir), cache_dir=Path(self.cache_dir))
 
     def load_recipe(self) -> Recipe:
-        from vlmtune_cli.recipe import validate
+        from vlmtune_cli.config.recipe import validate
 
         return validate(self.recipe, default_origin="chain manifest")
 
@@ -230,8 +230,8 @@ class ChainLink(submitit.helpers.Checkpointable):
             # env:// variables for torch.distributed (TRL/accelerate read them); one GPU per task, chosen by
             # LOCAL_RANK, so CUDA_VISIBLE_DEVICES is left as SLURM set it.
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        from vlmtune_cli.chain import run_link
-        from vlmtune_cli.trainer_callbacks import clear_stop_request, request_stop, stop_requested
+        from vlmtune_cli.cluster.chain import run_link
+        from vlmtune_cli.train.callbacks import clear_stop_request, request_stop, stop_requested
 
         clear_stop_request()
         submitit_handler = signal.getsignal(signal.SIGUSR2)

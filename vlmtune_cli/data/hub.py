@@ -10,8 +10,8 @@ import os
 import threading
 from typing import Any
 
+from vlmtune_cli.config.schema import DataSection
 from vlmtune_cli.errors import UsageError, VlmtuneError
-from vlmtune_cli.schema import DataSection
 
 _TRUE = {"1", "true", "yes", "on"}
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlmtune_cli import step_overhead
+from vlmtune_cli.config.schema import Recipe
+from vlmtune_cli.config.settings import Settings
 from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import UsageError, VlmtuneError
 from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for, write_atomic, write_env
-from vlmtune_cli.schema import Recipe
-from vlmtune_cli.settings import Settings
+from vlmtune_cli.train import step_overhead
 
 
 @dataclass
@@ -60,17 +60,17 @@ def _train_locked(recipe: Recipe, settings: Settings, run: RunDir, overwrite: bo
     write_env(run, argv)
     checkpoint = _checkpoint_to_resume(run, require_resume)
 
-    from vlmtune_cli import models
+    from vlmtune_cli.models import loading
 
     if recipe.model.trust_remote_code:
         err_console.print(f"[yellow]model.trust_remote_code = true: running code shipped with {recipe.model.name}[/]")
-    processor = models.load_processor(recipe.model, recipe.data, settings.cache_dir)
-    family = models.load_family(recipe.model, settings.cache_dir)
+    processor = loading.load_processor(recipe.model, recipe.data, settings.cache_dir)
+    family = loading.load_family(recipe.model, settings.cache_dir)
     train_set, eval_set = _encoded_splits(recipe, processor, family, settings.cache_dir)
 
-    model = models.load_model(recipe.model, settings.cache_dir)
-    model = models.apply_tuning(model, recipe.tuning, recipe.lora, seed=recipe.training.seed)
-    _print_trainable(models.trainable_table(model, family))
+    model = loading.load_model(recipe.model, settings.cache_dir)
+    model = loading.apply_tuning(model, recipe.tuning, recipe.lora, seed=recipe.training.seed)
+    _print_trainable(loading.trainable_table(model, family))
     if checkpoint is not None and not recipe.uses_lora:
         _restore_full_weights(model, checkpoint)
 
@@ -106,7 +106,7 @@ def _train_locked(recipe: Recipe, settings: Settings, run: RunDir, overwrite: bo
         raise VlmtuneError(f"training failed: {exc}", hint="set VLMTUNE_DEBUG=1 for the traceback") from exc
 
     state = trainer.state
-    from vlmtune_cli.trainer_callbacks import stop_requested
+    from vlmtune_cli.train.callbacks import stop_requested
 
     # A chain link (stop_at_epoch) or a run stopped by a signal (stop_requested) is finished only at max_steps.
     finished = (stop_at_epoch is None and not stop_requested()) or state.global_step >= state.max_steps
@@ -199,7 +199,7 @@ def _encoded_splits(recipe: Recipe, processor: Any, family: Any, cache_dir: Path
 
     Raises UsageError when no training sample survives (see tokenized.py).
     """
-    from vlmtune_cli.tokenized import open_splits, tokenize_recipe
+    from vlmtune_cli.encode.build import open_splits, tokenize_recipe
 
     result = tokenize_recipe(recipe, cache_dir, processor=processor, family=family)
     err_console.print(f"tokenized data: {result.describe()}", highlight=False)
@@ -241,8 +241,8 @@ def _build_trainer(recipe: Recipe, run: RunDir, model: Any, processor: Any, trai
     from transformers.trainer_callback import ProgressCallback
     from trl import SFTTrainer
 
-    from vlmtune_cli.labels import VisionCollator
-    from vlmtune_cli.trainer_callbacks import MarkCheckpointComplete, QuietLogLines, StopAtEpoch, StopOnRequest
+    from vlmtune_cli.encode.labels import VisionCollator
+    from vlmtune_cli.train.callbacks import MarkCheckpointComplete, QuietLogLines, StopAtEpoch, StopOnRequest
 
     args = build_sft_config(recipe, run, has_eval=eval_set is not None)
     callbacks: list[Any] = [MarkCheckpointComplete(), StopOnRequest()]
@@ -290,7 +290,7 @@ def _guarded(trainer_class: type) -> type:
     logged loss would only show it `logging_steps` later, after a checkpoint may have saved poisoned weights.
     """
 
-    from vlmtune_cli.sampling import epoch_seeded_length_sampler, stored_lengths
+    from vlmtune_cli.train.sampling import epoch_seeded_length_sampler, stored_lengths
 
     bases = (step_overhead.FewerModuleWalks, trainer_class) if step_overhead.SKIP_MODULE_WALKS else (trainer_class,)
 

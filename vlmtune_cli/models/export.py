@@ -34,7 +34,7 @@ from typing import Any
 
 from vlmtune_cli import __version__
 from vlmtune_cli.errors import UsageError, VlmtuneError
-from vlmtune_cli.evaluate import Target, run_target
+from vlmtune_cli.eval.benchmark import Target, run_target
 
 # Files of a trainer checkpoint that are no part of a model.
 _TRAINING_STATE = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "trainer_state.json",
@@ -81,7 +81,7 @@ def find_run(run: Path, runs_dir: Path) -> Path:
 
 
 def run_weights(path: Path, checkpoint: str | None, command: str, args: str = "") -> Target:
-    """The run's final/ weights, or the complete checkpoint `checkpoint`; see `evaluate.run_target`."""
+    """The run's final/ weights, or the complete checkpoint `checkpoint`; see `benchmark.run_target`."""
     return run_target(path, checkpoint, command, args)
 
 
@@ -123,14 +123,15 @@ def export(target: Target, cache_dir: Path, out: Path, *, merge: bool, force: bo
     Raises UsageError for an `out` that exists (without `force`) or weights of another family, VlmtuneError when
     loading, merging or writing fails.
     """
-    from vlmtune_cli import evaluate, models
+    from vlmtune_cli.eval import benchmark
+    from vlmtune_cli.models import loading
 
     out = Path(out)
     check_out(out, force, target)
     kind = _kind(target, merge)
     recipe = target.recipe
-    processor, family = evaluate.load_processor_and_family(target, cache_dir)
-    base = models.resolve_model_path(recipe.model.name, cache_dir)
+    processor, family = benchmark.load_processor_and_family(target, cache_dir)
+    base = loading.resolve_model_path(recipe.model.name, cache_dir)
     base_ref = base if not Path(base).exists() else str(Path(base).resolve())
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -166,14 +167,14 @@ def export(target: Target, cache_dir: Path, out: Path, *, merge: bool, force: bo
 
 def _save_merged(target: Target, cache_dir: Path, staging: Path) -> None:
     """Base model + adapter, merged, saved as a plain model in the base model's dtype (or the recipe's)."""
-    from vlmtune_cli import models
+    from vlmtune_cli.models import loading
 
     section = target.recipe.model
     # Merging into quantised weights would round the adapter away: merge into full-precision weights instead.
     section = section.model_copy(update={"quantization": "none"})
-    dtype = section.dtype if section.dtype != "auto" else _checkpoint_dtype(models.resolve_model_path(
+    dtype = section.dtype if section.dtype != "auto" else _checkpoint_dtype(loading.resolve_model_path(
         section.name, cache_dir))
-    model = models.load_trained_model(section, target.weights, cache_dir, dtype=dtype)
+    model = loading.load_trained_model(section, target.weights, cache_dir, dtype=dtype)
     if hasattr(model, "merge_and_unload"):  # load_trained_model merges already; never save a PEFT wrapper
         model = model.merge_and_unload()
     try:

@@ -10,7 +10,7 @@ A sample is the standard conversation form plus the ground truth the benchmark s
 
 `data.source` may be:
 
-- `builtin:synthetic-detection` / `builtin:synthetic-vqa` (see `vlmtune_cli.synthetic`);
+- `builtin:synthetic-detection` / `builtin:synthetic-vqa` (see `vlmtune_cli.data.synthetic`);
 - a `.jsonl` file, one sample per line; images are paths relative to the file::
 
       {"id": "p1", "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text",
@@ -56,10 +56,10 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from vlmtune_cli import synthetic
-from vlmtune_cli.data_hub import load_hub
+from vlmtune_cli.config.schema import BUILTIN_DATASETS, DataSection
+from vlmtune_cli.data import synthetic
+from vlmtune_cli.data.hub import load_hub
 from vlmtune_cli.errors import UsageError
-from vlmtune_cli.schema import BUILTIN_DATASETS, DataSection
 
 ROLES = ("system", "user", "assistant")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")

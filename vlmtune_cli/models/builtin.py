@@ -189,7 +189,7 @@ def _save_qwen(directory: Path, model, tokenizer, processor_class) -> None:
     from transformers import GenerationConfig
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from vlmtune_cli import qwen2_vl_processor
+    from vlmtune_cli.models import qwen_processor
 
     text = model.config.text_config
     model.generation_config = GenerationConfig(
@@ -199,7 +199,7 @@ def _save_qwen(directory: Path, model, tokenizer, processor_class) -> None:
         do_sample=False,
     )
     model.save_pretrained(directory)
-    qwen2_vl_processor.register()
+    qwen_processor.register()
     processor = processor_class(image_processor=Qwen2VLImageProcessorPil(), tokenizer=tokenizer,
                                 chat_template=CHAT_TEMPLATE)
     processor.save_pretrained(directory)
@@ -209,26 +209,26 @@ def _write_tiny_qwen2_vl(directory: Path, seed: int) -> None:
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
-    from vlmtune_cli import qwen2_vl_processor
+    from vlmtune_cli.models import qwen_processor
 
     tokenizer = _build_tokenizer()
     config = _build_config(tokenizer)
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).eval()
-    _save_qwen(directory, model, tokenizer, qwen2_vl_processor.Qwen2VLImageOnlyProcessor)
+    _save_qwen(directory, model, tokenizer, qwen_processor.Qwen2VLImageOnlyProcessor)
 
 
 def _write_tiny_qwen2_5_vl(directory: Path, seed: int) -> None:
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from vlmtune_cli import qwen2_vl_processor
+    from vlmtune_cli.models import qwen_processor
 
     tokenizer = _build_tokenizer()
     config = _build_qwen2_5_config(tokenizer)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    _save_qwen(directory, model, tokenizer, qwen2_vl_processor.Qwen2_5_VLImageOnlyProcessor)
+    _save_qwen(directory, model, tokenizer, qwen_processor.Qwen2_5_VLImageOnlyProcessor)
 
 
 # --- Llama 3.2 Vision (Mllama) ---------------------------------------------------------------------------

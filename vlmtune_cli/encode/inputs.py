@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlmtune_cli.boxes import smart_resize
-from vlmtune_cli.labels import is_per_token
-from vlmtune_cli.patchify import Patchifier, StoredImages  # numpy only, imported inside its functions
+from vlmtune_cli.encode.labels import is_per_token
+from vlmtune_cli.encode.patchify import Patchifier, StoredImages  # numpy only, imported inside its functions
+from vlmtune_cli.models.boxes import smart_resize
 
 # Off: every sample goes through the full processor call (the benchmark measures both).
 EXPAND_WITHOUT_PIXELS = True

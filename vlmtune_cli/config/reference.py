@@ -1,6 +1,6 @@
 """The recipe reference, generated from the schema's field docstrings (so docs and code cannot drift).
 
-    python -m vlmtune_cli.reference > docs/recipes.md     # a test fails when the file is out of date
+    python -m vlmtune_cli.config.reference > docs/recipes.md     # a test fails when the file is out of date
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from vlmtune_cli.schema import TABLES, Recipe
+from vlmtune_cli.config.schema import TABLES, Recipe
 
 
 def render() -> str:
     lines = [
         "# Recipe reference",
         "",
-        "Generated from `vlmtune_cli/schema.py` by `python -m vlmtune_cli.reference > docs/recipes.md`.",
+        "Generated from `vlmtune_cli/schema.py` by `python -m vlmtune_cli.config.reference > docs/recipes.md`.",
         "Every key can be overridden with `--set table.key=value` or `VLMTUNE_TABLE__KEY=value`.",
         "",
         "## Top level",

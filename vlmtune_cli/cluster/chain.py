@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vlmtune_cli.chain_records import (
+from vlmtune_cli.cluster.records import (
     MANIFEST,
     link_trained,
     manifest_path,
@@ -35,12 +35,12 @@ from vlmtune_cli.chain_records import (
     write_link_record,
     write_manifest,
 )
-from vlmtune_cli.chain_status import SLURM_TIMEOUT_S, chain_status
+from vlmtune_cli.cluster.status import SLURM_TIMEOUT_S, chain_status
+from vlmtune_cli.config.recipe import validate
+from vlmtune_cli.config.schema import Recipe
+from vlmtune_cli.config.settings import Settings
 from vlmtune_cli.errors import UsageError, VlmtuneError
-from vlmtune_cli.recipe import validate
 from vlmtune_cli.runs import RunDir, prepare_run_dir, run_dir_for
-from vlmtune_cli.schema import Recipe
-from vlmtune_cli.settings import Settings
 
 # --- the plan ------------------------------------------------------------------------------------
 
@@ -57,7 +57,7 @@ def plan(recipe: Recipe, total_jobs: int | None) -> Recipe:
 
 
 def link_specs(recipe: Recipe, settings: Settings, argv: list[str]) -> list[Any]:
-    from vlmtune_cli.slurm import LinkSpec
+    from vlmtune_cli.cluster.sbatch import LinkSpec
 
     data = recipe.model_dump(mode="json")
     return [LinkSpec(recipe=data, link=k, total_jobs=recipe.chain.total_jobs,
@@ -69,8 +69,8 @@ def link_specs(recipe: Recipe, settings: Settings, argv: list[str]) -> list[Any]
 
 def run_link(spec: Any, *, job_id: str | None = None, attempt: int = 0) -> dict[str, Any]:
     """Train one link (here, or inside a SLURM job), recording its start and end in the run directory."""
-    from vlmtune_cli.trainer import train
-    from vlmtune_cli.trainer_callbacks import stop_requested
+    from vlmtune_cli.train.callbacks import stop_requested
+    from vlmtune_cli.train.trainer import train
 
     recipe = spec.load_recipe()
     settings = spec.settings()
@@ -118,14 +118,14 @@ def _benchmark_at_end(spec: Any, recipe: Recipe, run: RunDir, settings: Settings
     if (spec.stop_at_epoch is not None or not recipe.chain.benchmark_at_end or not run.is_finished()
             or int(os.environ.get("RANK", "0") or 0) != 0):
         return
-    from vlmtune_cli import evaluate
+    from vlmtune_cli.eval import benchmark
 
-    target = evaluate.run_target(run.path)
+    target = benchmark.run_target(run.path)
     if target.metrics_file.is_file():
         record["benchmark"] = str(target.metrics_file)
         return
     try:
-        result = evaluate.benchmark(target, settings.cache_dir)
+        result = benchmark.benchmark(target, settings.cache_dir)
     except VlmtuneError as exc:
         record["benchmark_error"] = exc.message
         print(f"benchmark after the last link failed: {exc.message}", file=sys.stderr)
@@ -139,7 +139,7 @@ def _benchmark_at_end(spec: Any, recipe: Recipe, run: RunDir, settings: Settings
 def _submit_links(manifest: dict[str, Any], run: RunDir, specs: list[Any], settings: Settings, first: int,
                   after: str | None, flags: Any) -> list[str]:
     """Submit links `first`..N (each afterok on the previous), recording each in the manifest as it goes."""
-    from vlmtune_cli.slurm import ChainLink, make_executor, sbatch_parameters, submit_job
+    from vlmtune_cli.cluster.sbatch import ChainLink, make_executor, sbatch_parameters, submit_job
 
     recipe = validate(manifest["recipe"])
     folder = Path(manifest["submitit_folder"])
@@ -177,7 +177,7 @@ def _flags_dict(flags: Any) -> dict[str, Any]:
 def submit_chain(recipe: Recipe, recipe_path: Path | None, settings: Settings, flags: Any, argv: list[str],
                  ) -> tuple[dict[str, Any], list[str]]:
     """Submit every link of the (effective) recipe's chain; returns the manifest and the job ids."""
-    from vlmtune_cli.slurm import require_sbatch
+    from vlmtune_cli.cluster.sbatch import require_sbatch
 
     require_sbatch()
     run = run_dir_for(recipe, settings.runs_dir)
@@ -198,8 +198,8 @@ def submit_chain(recipe: Recipe, recipe_path: Path | None, settings: Settings, f
 
 def resolve_run_dir(target: Path | None, settings: Settings) -> Path:
     """RUN_DIR as given (a run directory, or a recipe whose variant's run directory is meant)."""
-    from vlmtune_cli.recipe import load_recipe
-    from vlmtune_cli.settings import resolve_recipe_path
+    from vlmtune_cli.config.recipe import load_recipe
+    from vlmtune_cli.config.settings import resolve_recipe_path
 
     if target is None:
         target = resolve_recipe_path(None, settings)
@@ -213,7 +213,7 @@ def resolve_run_dir(target: Path | None, settings: Settings) -> Path:
 
 def resume_chain(run_dir: Path, settings: Settings, flags: Any, argv: list[str]) -> list[str]:
     """Resubmit the links not done and not queued; returns their new job ids ([] when nothing is left)."""
-    from vlmtune_cli.slurm import SlurmFlags, require_sbatch
+    from vlmtune_cli.cluster.sbatch import SlurmFlags, require_sbatch
 
     manifest, rows = chain_status(run_dir)
     if manifest["backend"] != "slurm":

@@ -23,8 +23,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from vlmtune_cli.boxes import GRID, format_boxes, processor_resized_size
 from vlmtune_cli.errors import UsageError
+from vlmtune_cli.models.boxes import GRID, format_boxes, processor_resized_size
 
 KINDS = ("synthetic-detection", "synthetic-vqa")
 # Part of the tokenised-data cache fingerprint: bump whenever a built-in set draws or words its samples differently.

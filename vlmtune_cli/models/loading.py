@@ -19,10 +19,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from vlmtune_cli.builtin_models import BUILDERS, is_current_build, remove_leftovers
+from vlmtune_cli.config.schema import DataSection, LoraSection, ModelSection, TuningSection
 from vlmtune_cli.errors import UsageError, VlmtuneError
-from vlmtune_cli.families import COMPONENTS, Family, component_of, family_for_model_type, find_component
-from vlmtune_cli.schema import DataSection, LoraSection, ModelSection, TuningSection
+from vlmtune_cli.models.builtin import BUILDERS, is_current_build, remove_leftovers
+from vlmtune_cli.models.families import COMPONENTS, Family, component_of, family_for_model_type, find_component
 
 
 def resolve_model_path(name: str, cache_dir: Path) -> str:
@@ -76,7 +76,7 @@ def load_processor(model_section: ModelSection, data_section: DataSection, cache
     """
     from transformers import AutoConfig, AutoProcessor
 
-    from vlmtune_cli import qwen2_vl_processor
+    from vlmtune_cli.models import qwen_processor
 
     path = resolve_model_path(model_section.name, cache_dir)
     kwargs = {"revision": model_section.revision, "trust_remote_code": model_section.trust_remote_code}
@@ -84,7 +84,7 @@ def load_processor(model_section: ModelSection, data_section: DataSection, cache
         config = AutoConfig.from_pretrained(path, **kwargs)
     except OSError as error:
         raise _not_found(model_section, path, error) from error
-    qwen2_vl_processor.register()
+    qwen_processor.register()
     if from_dir is not None:
         path = str(from_dir)
     try:

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from vlmtune_cli import __version__
+from vlmtune_cli.config.recipe import load_recipe
+from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.errors import UsageError, VlmtuneError
-from vlmtune_cli.recipe import load_recipe
 from vlmtune_cli.runs import COMPLETE_MARKER, RunDir, is_complete, write_atomic
-from vlmtune_cli.schema import Recipe
 
 EXAMPLES_KEPT = 4
 _CHECKPOINT_NAME = re.compile(r"^(?:checkpoint-)?(\d+)$")
@@ -180,7 +180,7 @@ def check_family(target: Target, family: Any) -> None:
             return  # an old-style .bin adapter: PEFT's own loading reports a mismatch
         from safetensors import safe_open
 
-        from vlmtune_cli.families import find_component
+        from vlmtune_cli.models.families import find_component
 
         with safe_open(str(adapter), framework="numpy") as handle:  # key names only; no torch needed
             foreign = [key for key in handle.keys() if find_component(family, key) is None]
@@ -207,25 +207,25 @@ def load_processor_and_family(target: Target, cache_dir: Path) -> tuple[Any, Any
 
     Raises UsageError for weights of another family than the recipe names (see `check_family`).
     """
-    from vlmtune_cli import models
+    from vlmtune_cli.models import loading
 
     recipe = target.recipe
-    family = models.load_family(recipe.model, cache_dir)
+    family = loading.load_family(recipe.model, cache_dir)
     check_family(target, family)
-    return models.load_processor(recipe.model, recipe.data, cache_dir, from_dir=target.weights), family
+    return loading.load_processor(recipe.model, recipe.data, cache_dir, from_dir=target.weights), family
 
 
 def load_model(target: Target, cache_dir: Path) -> Any:
     """The target's model in eval mode (adapters merged), on the GPU when there is one."""
     import torch
 
-    from vlmtune_cli import models
+    from vlmtune_cli.models import loading
 
     recipe = target.recipe
     if target.weights is None:
-        model = models.load_model(recipe.model, cache_dir)
+        model = loading.load_model(recipe.model, cache_dir)
     else:
-        model = models.load_trained_model(recipe.model, target.weights, cache_dir)
+        model = loading.load_trained_model(recipe.model, target.weights, cache_dir)
     if torch.cuda.is_available() and recipe.model.quantization == "none":
         model = model.to("cuda")
     return model.eval()
@@ -242,7 +242,7 @@ def check_split(recipe: Recipe, split: str) -> None:
 
 def load_samples(recipe: Recipe, split: str, family: Any, processor: Any, limit: int | None) -> list[dict]:
     """The split as training saw it (same data settings and box format), cut to `limit`. Raises UsageError."""
-    from vlmtune_cli.data import load_splits
+    from vlmtune_cli.data.sources import load_splits
 
     data = recipe.data
     check_split(recipe, split)
@@ -328,7 +328,7 @@ def benchmark(target: Target, cache_dir: Path, options: BenchmarkOptions | None 
     `on_start(n)` is called with the number of samples before generation; `on_batch(k)` after each batch.
     Raises UsageError for bad input (split, data, weights of another family), VlmtuneError for failures.
     """
-    from vlmtune_cli.scoring import score
+    from vlmtune_cli.eval.scoring import score
 
     overrides = options or BenchmarkOptions()
     recipe = target.recipe

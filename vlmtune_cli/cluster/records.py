@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vlmtune_cli.config.recipe import validate
+from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.errors import UsageError
-from vlmtune_cli.recipe import validate
 from vlmtune_cli.runs import RunDir, write_atomic
-from vlmtune_cli.schema import Recipe
 
 MANIFEST = "chain.json"
 LINKS_DIR = "chain-links"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlmtune_cli.chain_records import link_trained, read_link_record, read_manifest, trained_epochs
+from vlmtune_cli.cluster.records import link_trained, read_link_record, read_manifest, trained_epochs
 from vlmtune_cli.runs import RunDir
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",

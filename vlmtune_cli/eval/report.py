@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from vlmtune_cli.metrics import DETECTION_METRICS, LOWER_IS_BETTER, VQA_METRICS
+from vlmtune_cli.eval.metrics import DETECTION_METRICS, LOWER_IS_BETTER, VQA_METRICS
 from vlmtune_cli.runs import write_atomic
 
 REPORT_DIR = "benchmark-report"

@@ -34,7 +34,7 @@ class Patchifier:
         import numpy as np
         from PIL import Image
 
-        from vlmtune_cli.boxes import smart_resize
+        from vlmtune_cli.models.boxes import smart_resize
 
         try:
             candidate = cls._from(image_processor)
@@ -75,7 +75,7 @@ class Patchifier:
 
     def applies(self, width: int, height: int) -> bool:
         """True if the processor would leave an image of this size as it is (it only patchifies it then)."""
-        from vlmtune_cli.boxes import smart_resize
+        from vlmtune_cli.models.boxes import smart_resize
 
         return smart_resize(width, height, self.patch * self.merge, self.min_pixels, self.max_pixels) == \
             (width, height)

@@ -24,8 +24,8 @@ from typing import Any
 import tomli_w
 from pydantic import BaseModel, ValidationError
 
+from vlmtune_cli.config.schema import TABLES, Recipe
 from vlmtune_cli.errors import RecipeError
-from vlmtune_cli.schema import TABLES, Recipe
 
 ENV_PREFIX = "VLMTUNE_"
 Origins = dict[tuple[str, ...], str]

@@ -12,10 +12,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlmtune_cli.config.settings import Settings
 from vlmtune_cli.errors import UsageError
-from vlmtune_cli.settings import Settings
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "recipes"
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 # Keys people change most often, commented into a new recipe so they only need uncommenting.
 _COMMON_KEYS = """\
@@ -72,7 +72,7 @@ def recipe_dirs(settings: Settings) -> list[tuple[Path, str]]:
 
 def list_recipes(settings: Settings) -> list[RecipeFile]:
     """Every recipe file found, shipped first. Files that do not load still appear, described as broken."""
-    from vlmtune_cli.recipe import load_recipe
+    from vlmtune_cli.config.recipe import load_recipe
 
     found = []
     for directory, origin in recipe_dirs(settings):

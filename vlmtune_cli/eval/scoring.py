@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlmtune_cli.boxes import Box, parse_boxes, processor_resized_size
+from vlmtune_cli.config.schema import DataSection
 from vlmtune_cli.errors import UsageError
-from vlmtune_cli.metrics import exact_match, relaxed_match, score_detection, summarize_detection, vqa_metrics
-from vlmtune_cli.schema import DataSection
+from vlmtune_cli.eval.metrics import exact_match, relaxed_match, score_detection, summarize_detection, vqa_metrics
+from vlmtune_cli.models.boxes import Box, parse_boxes, processor_resized_size
 
 
 def score(task: str, box_format: str, processor: Any, data: DataSection, samples: list[dict[str, Any]],

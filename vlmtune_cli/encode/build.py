@@ -28,12 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlmtune_cli import __version__, cache
-from vlmtune_cli.cached_inputs import ModelInputs, probe_layout, processor_outputs
+from vlmtune_cli import __version__
+from vlmtune_cli.config.schema import DataSection, Recipe
+from vlmtune_cli.encode import cache
+from vlmtune_cli.encode.inputs import ModelInputs, probe_layout, processor_outputs
+from vlmtune_cli.encode.labels import LabelSpec, build_labels, count_trained
+from vlmtune_cli.encode.stats import LOSS_MODES, SplitReport
 from vlmtune_cli.errors import UsageError, VlmtuneError
-from vlmtune_cli.labels import LabelSpec, build_labels, count_trained
-from vlmtune_cli.schema import DataSection, Recipe
-from vlmtune_cli.token_stats import LOSS_MODES, SplitReport
 
 SHARD_ROWS = 1024
 BATCH_ROWS = 64
@@ -76,12 +77,12 @@ def tokenize_recipe(recipe: Recipe, cache_dir: Path, *, force: bool = False, wor
     if not force and (hit := _hit(fp, cache_dir, started)) is not None:
         return hit
     reason = None if force else cache.explain_miss(cache_dir, fp.inputs)
-    from vlmtune_cli import models
+    from vlmtune_cli.models import loading
 
     if processor is None:
-        processor = models.load_processor(recipe.model, recipe.data, cache_dir)
+        processor = loading.load_processor(recipe.model, recipe.data, cache_dir)
     if family is None:
-        family = models.load_family(recipe.model, cache_dir)
+        family = loading.load_family(recipe.model, cache_dir)
     if not fp.model_resolved:  # loading just fetched it into the hub cache: now its files can be hashed
         fp = cache.fingerprint(recipe, cache_dir)
     final = cache.entry_path(cache_dir, fp.key)
@@ -130,7 +131,7 @@ _JOB: _Job | None = None
 def _build(recipe: Recipe, fp: cache.Fingerprint, processor: Any, family: Any, staging: Path, workers: int,
            progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     global _JOB
-    from vlmtune_cli.data import lazy_splits
+    from vlmtune_cli.data.sources import lazy_splits
 
     started = time.monotonic()
     data = recipe.data

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmtune_cli.errors import UsageError, VlmtuneError
-from vlmtune_cli.evaluate import Target
+from vlmtune_cli.eval.benchmark import Target
 
 DEFAULT_OUT = "predictions-images"
 
@@ -83,7 +83,7 @@ def default_prompt(target: Target, family: Any, processor: Any) -> tuple[list[di
 
     Raises UsageError when the data cannot be read or its first sample has no user text (pass --prompt).
     """
-    from vlmtune_cli.data import lazy_splits
+    from vlmtune_cli.data.sources import lazy_splits
 
     data = target.recipe.data
     hint = "pass the question yourself: --prompt 'Detect the nutrition table.'"
@@ -122,9 +122,9 @@ def predict(target: Target, cache_dir: Path, image_paths: Sequence[Path], *, pro
     Raises UsageError for a missing or unreadable image, an unwritable `out`, weights of another family, or no
     prompt to use; VlmtuneError when generation fails.
     """
-    from vlmtune_cli import evaluate
-    from vlmtune_cli.boxes import parse_boxes, processor_resized_size
-    from vlmtune_cli.report import draw_boxes
+    from vlmtune_cli.eval import benchmark
+    from vlmtune_cli.eval.report import draw_boxes
+    from vlmtune_cli.models.boxes import parse_boxes, processor_resized_size
     from vlmtune_cli.runs import write_atomic
 
     images = open_images(image_paths)
@@ -133,17 +133,17 @@ def predict(target: Target, cache_dir: Path, image_paths: Sequence[Path], *, pro
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create {out}: {exc.strerror or exc}", hint="choose another --out") from None
-    processor, family = evaluate.load_processor_and_family(target, cache_dir)
+    processor, family = benchmark.load_processor_and_family(target, cache_dir)
     if prompt is not None:
         system, text, source = [], prompt, "--prompt"
     else:
         system, text, source = default_prompt(target, family, processor)
     samples = [{"id": str(path), "messages": _messages(system, text), "images": [image]}
                for path, image in zip(image_paths, images, strict=True)]
-    model = evaluate.load_model(target, cache_dir)
+    model = benchmark.load_model(target, cache_dir)
     section = target.recipe.benchmark
     try:
-        _, outputs = evaluate.generate(model, processor, samples, batch_size=section.batch_size,
+        _, outputs = benchmark.generate(model, processor, samples, batch_size=section.batch_size,
                                        max_new_tokens=max_new_tokens or section.max_new_tokens)
     except (RuntimeError, ValueError) as exc:
         raise VlmtuneError(f"generation failed for {target.name}: {exc}",

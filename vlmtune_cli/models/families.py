@@ -64,7 +64,7 @@ _QWEN2_VL = Family(
     assistant_header="<|im_start|>assistant\n",
     end_of_turn="<|im_end|>",
     box_format="qwen2-vl-grid",  # <|box_start|>(x1,y1),(x2,y2)<|box_end|> on a 0-1000 grid
-    image_only_processor="vlmtune_cli.qwen2_vl_processor:Qwen2VLImageOnlyProcessor",
+    image_only_processor="vlmtune_cli.models.qwen_processor:Qwen2VLImageOnlyProcessor",
 )
 
 FAMILIES: tuple[Family, ...] = (
@@ -75,7 +75,7 @@ FAMILIES: tuple[Family, ...] = (
         name="qwen2.5-vl",
         model_types=("qwen2_5_vl",),
         box_format="qwen2.5-vl-json",  # {"bbox_2d": [x1, y1, x2, y2]} in pixels of the resized image
-        image_only_processor="vlmtune_cli.qwen2_vl_processor:Qwen2_5_VLImageOnlyProcessor",
+        image_only_processor="vlmtune_cli.models.qwen_processor:Qwen2_5_VLImageOnlyProcessor",
     ),
     Family(
         name="mllama",
