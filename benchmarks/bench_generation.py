@@ -31,16 +31,24 @@ def main() -> None:
     result = measure(args.samples, args.batch_size, args.max_new_tokens, args.repeats, args.threads, args.recipe)
     single, batched = min(result["batch1_seconds"]), min(result["batched_seconds"])
     n = result["samples"]
-    print(f"{n} samples, {args.max_new_tokens} new tokens each, {result['threads']} CPU threads, "
-          f"best of {args.repeats}")
+    print(
+        f"{n} samples, {args.max_new_tokens} new tokens each, {result['threads']} CPU threads, best of {args.repeats}"
+    )
     print(f"batch 1:  {n / single:7.1f} samples/s")
     print(f"batch {args.batch_size}: {n / batched:7.1f} samples/s")
-    print(f"ratio:    {single / batched:7.1f}x   (goal: >= 5x at batch 16); identical outputs: "
-          f"{result['identical']}/{n}")
+    print(
+        f"ratio:    {single / batched:7.1f}x   (goal: >= 5x at batch 16); identical outputs: {result['identical']}/{n}"
+    )
 
 
-def measure(samples: int = 32, batch_size: int = 16, max_new_tokens: int = 48, repeats: int = 3, threads: int = 0,
-            recipe_path: Path = REPO / "recipes" / "smoke.toml") -> dict:
+def measure(
+    samples: int = 32,
+    batch_size: int = 16,
+    max_new_tokens: int = 48,
+    repeats: int = 3,
+    threads: int = 0,
+    recipe_path: Path = REPO / "recipes" / "smoke.toml",
+) -> dict:
     """Time `benchmark.generate` at batch 1 and at `batch_size`, alternating, `repeats` times each.
 
     Returns {"samples", "threads", "identical", "batch1_seconds": [...], "batched_seconds": [...]}.
@@ -54,8 +62,9 @@ def measure(samples: int = 32, batch_size: int = 16, max_new_tokens: int = 48, r
     from vlmtune_cli.models import loading
 
     settings = load_settings()
-    recipe = load_recipe(recipe_path, [f"data.num_samples={samples}", f"data.max_samples={samples}",
-                                       "data.split_ratio=1.0"], environ={})
+    recipe = load_recipe(
+        recipe_path, [f"data.num_samples={samples}", f"data.max_samples={samples}", "data.split_ratio=1.0"], environ={}
+    )
     model = loading.load_model(recipe.model, settings.cache_dir).eval()
     processor = loading.load_processor(recipe.model, recipe.data, settings.cache_dir)
     family = loading.load_family(recipe.model, settings.cache_dir)
@@ -78,8 +87,14 @@ def measure(samples: int = 32, batch_size: int = 16, max_new_tokens: int = 48, r
         seconds, batched_out = timed(batch_size)
         batched.append(seconds)
     same = sum(a == b for a, b in zip(single_out, batched_out, strict=True))
-    return {"samples": len(data), "threads": torch.get_num_threads(), "identical": same,
-            "batch1_seconds": single, "batched_seconds": batched}
+    return {
+        "samples": len(data),
+        "threads": torch.get_num_threads(),
+        "identical": same,
+        "batch1_seconds": single,
+        "batched_seconds": batched,
+    }
+
 
 if __name__ == "__main__":
     main()

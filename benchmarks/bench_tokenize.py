@@ -28,8 +28,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1000, help="samples of the throughput and hit runs")
     parser.add_argument("--side", type=int, default=448, help="image side in pixels (448: 256 visual tokens)")
-    parser.add_argument("--rss", type=int, nargs=2, default=(1000, 10000), metavar=("SMALL", "LARGE"),
-                        help="dataset sizes whose peak RSS is compared")
+    parser.add_argument(
+        "--rss",
+        type=int,
+        nargs=2,
+        default=(1000, 10000),
+        metavar=("SMALL", "LARGE"),
+        help="dataset sizes whose peak RSS is compared",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="--samples 300 --rss 300 3000")
     args = parser.parse_args()
@@ -42,8 +48,14 @@ def main() -> None:
         os.chdir(work)
         os.environ["VLMTUNE_CACHE_DIR"] = str(work / "cache")
         source = write_dataset(work / "data", args.samples, args.side)
-        overrides = [f"data.source={source}", f"data.max_pixels={args.side * args.side}", "data.min_pixels=3136",
-                     "data.max_length=4096", "data.split_ratio=1.0", f"data.max_samples={args.samples}"]
+        overrides = [
+            f"data.source={source}",
+            f"data.max_pixels={args.side * args.side}",
+            "data.min_pixels=3136",
+            "data.max_length=4096",
+            "data.split_ratio=1.0",
+            f"data.max_samples={args.samples}",
+        ]
         figures: dict[str, float] = {}
         throughput(overrides, args.workers, figures)
         hit_time(overrides, figures)
@@ -65,10 +77,22 @@ def write_dataset(folder: Path, n: int, side: int) -> Path:
         base = np.stack([(xx + 3 * i) % 256, (yy + 5 * i) % 256, ((xx + yy) // 2 + i) % 256], -1)
         image = np.clip(base + rng.integers(-12, 12, base.shape), 0, 255).astype(np.uint8)
         Image.fromarray(image).save(folder / f"{i:05d}.png", compress_level=1)
-        rows.append({"id": f"s{i}", "images": [f"{i:05d}.png"], "messages": [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the corner?"}]},
-            {"role": "assistant", "content": [{"type": "text", "text": f"The corner is {['red', 'blue'][i % 2]}."}]},
-        ]})
+        rows.append(
+            {
+                "id": f"s{i}",
+                "images": [f"{i:05d}.png"],
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image"}, {"type": "text", "text": "What colour is the corner?"}],
+                    },
+                    {
+                        "role": "assistant",
+                        "content": [{"type": "text", "text": f"The corner is {['red', 'blue'][i % 2]}."}],
+                    },
+                ],
+            }
+        )
     path = folder / "set.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -96,13 +120,17 @@ def throughput(overrides: list[str], workers: int, figures: dict[str, float], re
 
     def tokenize(n: int, shortcut: bool):
         inputs.EXPAND_WITHOUT_PIXELS = shortcut
-        return tokenize_recipe(recipe, cache_dir, force=True, workers=n, processor=processor, family=family,
-                               progress=False)
+        return tokenize_recipe(
+            recipe, cache_dir, force=True, workers=n, processor=processor, family=family, progress=False
+        )
 
     # The machine is shared: each figure is the best of `repeat` runs, taken in turns.
-    runs = {"bare": bare, "full processor, 1 worker": lambda: tokenize(1, False),
-            "ids without pixels, 1 worker": lambda: tokenize(1, True),
-            f"ids without pixels, {workers} workers": lambda: tokenize(workers, True)}
+    runs = {
+        "bare": bare,
+        "full processor, 1 worker": lambda: tokenize(1, False),
+        "ids without pixels, 1 worker": lambda: tokenize(1, True),
+        f"ids without pixels, {workers} workers": lambda: tokenize(workers, True),
+    }
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(repeat):
         for name, run in runs.items():
@@ -113,8 +141,12 @@ def throughput(overrides: list[str], workers: int, figures: dict[str, float], re
     report(figures, "bare processor loop, s", best.pop("bare"), f"{n / min(best.values()):.0f} samples/s best")
     bare_s = figures["bare processor loop, s"]
     for name, seconds in best.items():
-        report(figures, f"tokenize, {name}, s", seconds, f"{n / seconds:.0f} samples/s, {seconds / bare_s:.2f}× "
-               "the bare loop")
+        report(
+            figures,
+            f"tokenize, {name}, s",
+            seconds,
+            f"{n / seconds:.0f} samples/s, {seconds / bare_s:.2f}× the bare loop",
+        )
         figures[f"ratio tokenize/bare, {name}"] = round(seconds / bare_s, 3)
     size = sum(f.stat().st_size for f in result.path.rglob("*.arrow"))
     report(figures, "cache size per sample, KB", size / n / 1e3)

@@ -40,8 +40,12 @@ def main() -> None:
         class FirstStep(TrainerCallback):
             def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
                 with open(out, "w") as handle:
-                    handle.write(json.dumps({"step": state.global_step, "seconds": time.time() - t0,
-                                             "samples_loaded": loaded[0]}) + "\n")
+                    handle.write(
+                        json.dumps(
+                            {"step": state.global_step, "seconds": time.time() - t0, "samples_loaded": loaded[0]}
+                        )
+                        + "\n"
+                    )
                 os._exit(0)
 
         built.add_callback(FirstStep())

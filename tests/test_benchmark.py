@@ -28,8 +28,14 @@ from .conftest import RECIPES
 runner = CliRunner()
 SMOKE = RECIPES / "smoke.toml"
 # 16 samples → 13 train, 3 test; 4 steps at batch 4 with a checkpoint every 2 steps, loss logged every step.
-SMALL_RUN = ["training.max_steps=4", "data.num_samples=16", "data.max_samples=16", "training.save_steps=2",
-             "training.logging_steps=1", "training.eval_steps=100"]
+SMALL_RUN = [
+    "training.max_steps=4",
+    "data.num_samples=16",
+    "data.max_samples=16",
+    "training.save_steps=2",
+    "training.logging_steps=1",
+    "training.eval_steps=100",
+]
 
 
 class _ImageProcessor:
@@ -97,8 +103,9 @@ def test_vqa_scoring() -> None:
     data = DataSection()
     samples = [make_sample("synthetic-vqa", i, data, "plain") for i in range(3)]
     gold = _answers(samples)
-    rows, metrics, examples = score("vqa", "plain", None, data, samples, ["p"] * 3,
-                                    [f"The {gold[0]}.", gold[1] + " x", "nonsense"])
+    rows, metrics, examples = score(
+        "vqa", "plain", None, data, samples, ["p"] * 3, [f"The {gold[0]}.", gold[1] + " x", "nonsense"]
+    )
     assert metrics["exact_match"] == pytest.approx(1 / 3)
     assert rows[0]["scores"] == {"exact_match": True, "relaxed_match": True}
     assert examples[0]["question"] and examples[0]["answer"] == gold[0]
@@ -112,8 +119,18 @@ def test_vqa_scoring() -> None:
 
 def _result(name: str, run_dir: Path, **metrics: float | None) -> benchmark.BenchmarkResult:
     recipe = load_recipe(SMOKE, environ={})
-    values = {"mean_iou": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5, "accuracy_50": 0.5, "map_50": 0.5,
-              "map_50_95": 0.2, "parse_failure_rate": 0.1, "samples": 10, **metrics}
+    values = {
+        "mean_iou": 0.5,
+        "precision": 0.5,
+        "recall": 0.5,
+        "f1": 0.5,
+        "accuracy_50": 0.5,
+        "map_50": 0.5,
+        "map_50_95": 0.2,
+        "parse_failure_rate": 0.1,
+        "samples": 10,
+        **metrics,
+    }
     target = benchmark.Target(name, run_dir, recipe, "final", run_dir / "final")
     return benchmark.BenchmarkResult(target, {"split": "test", "model": recipe.model.name, "metrics": values})
 
@@ -160,8 +177,14 @@ def test_report_draws_loss_curves_and_boxes(tmp_path: Path) -> None:
 # --- choosing what to benchmark, bad input (no model needed) --------------------------------------------
 
 
-def _fake_run(root: Path, name: str = "smoke", *, final: bool = True, checkpoints: tuple[str, ...] = (),
-              incomplete: tuple[str, ...] = ()) -> Path:
+def _fake_run(
+    root: Path,
+    name: str = "smoke",
+    *,
+    final: bool = True,
+    checkpoints: tuple[str, ...] = (),
+    incomplete: tuple[str, ...] = (),
+) -> Path:
     run = root / "runs" / name
     run.mkdir(parents=True)
     (run / "recipe.toml").write_text(dump_recipe(load_recipe(SMOKE, environ={})))
@@ -191,13 +214,16 @@ def test_unfinished_run_names_its_checkpoints(workspace: Path) -> None:
 
 def test_bad_arguments_are_messages(workspace: Path) -> None:
     _fake_run(workspace, "x")
-    for argv, message in ((["benchmark", "nowhere"], "no such run directory"),
-                          (["benchmark", "runs"], "not a run directory"),
-                          (["benchmark", "--limit", "0"], "--limit"), (["benchmark", "--batch-size", "0"], "batch"),
-                          (["benchmark", "runs/x", "--checkpoint", "best"], "expected final, checkpoint-N"),
-                          (["benchmark", "runs/x", "--recipe", str(SMOKE)], "not both"),
-                          (["benchmark", "--base"], "no recipe given"),
-                          (["benchmark", "runs/x", "--split", "validation"], "split 'validation' is not one of")):
+    for argv, message in (
+        (["benchmark", "nowhere"], "no such run directory"),
+        (["benchmark", "runs"], "not a run directory"),
+        (["benchmark", "--limit", "0"], "--limit"),
+        (["benchmark", "--batch-size", "0"], "batch"),
+        (["benchmark", "runs/x", "--checkpoint", "best"], "expected final, checkpoint-N"),
+        (["benchmark", "runs/x", "--recipe", str(SMOKE)], "not both"),
+        (["benchmark", "--base"], "no recipe given"),
+        (["benchmark", "runs/x", "--split", "validation"], "split 'validation' is not one of"),
+    ):
         result = runner.invoke(app, argv)
         assert result.exit_code == 2, (argv, result.output)
         assert message in result.output, (argv, result.output)
@@ -208,12 +234,14 @@ def test_bad_arguments_are_messages(workspace: Path) -> None:
 
 
 def test_help_and_bad_runs_import_no_ml_library(tmp_path: Path) -> None:
-    probe = ("import sys\nfrom vlmtune_cli.cli import main\n"
-             "for argv in (['benchmark', '--help'], ['benchmark', 'nowhere'], ['benchmark']):\n"
-             "    sys.argv = ['vlmtune', *argv]\n"
-             "    try:\n        main()\n    except SystemExit:\n        pass\n"
-             "print('loaded:', *(m for m in ('torch', 'transformers', 'peft') if m in sys.modules), "
-             "file=sys.stderr)\n")
+    probe = (
+        "import sys\nfrom vlmtune_cli.cli import main\n"
+        "for argv in (['benchmark', '--help'], ['benchmark', 'nowhere'], ['benchmark']):\n"
+        "    sys.argv = ['vlmtune', *argv]\n"
+        "    try:\n        main()\n    except SystemExit:\n        pass\n"
+        "print('loaded:', *(m for m in ('torch', 'transformers', 'peft') if m in sys.modules), "
+        "file=sys.stderr)\n"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, check=False)
     assert "no runs in" in done.stderr
     assert done.stderr.strip().splitlines()[-1] == "loaded:"
@@ -241,11 +269,15 @@ def test_weights_of_another_family_are_refused(tmp_path: Path) -> None:
     benchmark.check_family(target, qwen)
     (run / "final" / "adapter_config.json").write_text("{}")
     weight = np.zeros((2, 2), dtype=np.float32)
-    save_file({"base_model.model.model.language_model.layers.0.q_proj.lora_A.weight": weight},
-              str(run / "final" / "adapter_model.safetensors"))
+    save_file(
+        {"base_model.model.model.language_model.layers.0.q_proj.lora_A.weight": weight},
+        str(run / "final" / "adapter_model.safetensors"),
+    )
     benchmark.check_family(target, qwen)
-    save_file({"base_model.model.model.vision_model.layers.0.q_proj.lora_A.weight": weight},
-              str(run / "final" / "adapter_model.safetensors"))
+    save_file(
+        {"base_model.model.model.vision_model.layers.0.q_proj.lora_A.weight": weight},
+        str(run / "final" / "adapter_model.safetensors"),
+    )
     with pytest.raises(UsageError, match="another model family"):
         benchmark.check_family(target, qwen)
 
@@ -270,8 +302,13 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Pa
         for name in list(os.environ):
             if name.startswith("VLMTUNE_"):
                 patch.delenv(name)
-        for name, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false"),
-                            ("VLMTUNE_CACHE_DIR", str(cache_dir)), ("VLMTUNE_RUNS_DIR", str(home / "runs"))):
+        for name, value in (
+            ("HF_HUB_OFFLINE", "1"),
+            ("HF_DATASETS_OFFLINE", "1"),
+            ("TOKENIZERS_PARALLELISM", "false"),
+            ("VLMTUNE_CACHE_DIR", str(cache_dir)),
+            ("VLMTUNE_RUNS_DIR", str(home / "runs")),
+        ):
             patch.setenv(name, value)
         patch.chdir(home)
         args = ["train", str(SMOKE)] + [arg for item in SMALL_RUN for arg in ("--set", item)]
@@ -294,10 +331,22 @@ def test_benchmark_of_the_latest_run_writes_predictions_and_metrics(run: Path) -
     assert f"most recent run: {Path('runs') / 'smoke'}" in result.stderr.replace(str(run.parent.parent) + "/", "")
     assert "runs/smoke" in result.stdout and "mAP" in result.stdout
     record = json.loads((run / "metrics.json").read_text())
-    assert (record["task"], record["split"], record["samples"], record["checkpoint"]) == ("detection", "test", 3,
-                                                                                          "final")
-    assert set(record["metrics"]) >= {"mean_iou", "precision", "recall", "f1", "accuracy_50", "map_50",
-                                      "map_50_95", "parse_failure_rate"}
+    assert (record["task"], record["split"], record["samples"], record["checkpoint"]) == (
+        "detection",
+        "test",
+        3,
+        "final",
+    )
+    assert set(record["metrics"]) >= {
+        "mean_iou",
+        "precision",
+        "recall",
+        "f1",
+        "accuracy_50",
+        "map_50",
+        "map_50_95",
+        "parse_failure_rate",
+    }
     assert 0.0 <= record["metrics"]["parse_failure_rate"] <= 1.0 and record["samples_per_second"] > 0
     text = (run / "predictions.jsonl").read_text()
     assert hashlib.sha256(text.encode()).hexdigest() == record["predictions_sha256"]
@@ -352,8 +401,23 @@ def test_batched_generation_matches_one_at_a_time(run: Path, cache_dir: Path) ->
 @pytest.mark.slow
 def test_two_runs_and_a_baseline_give_one_table_and_a_report(run: Path) -> None:
     shutil.copytree(run, run.parent / "other")
-    result = runner.invoke(app, ["benchmark", "runs/smoke", "runs/other", "--recipe", str(SMOKE), "--base",
-                                 "--checkpoint", "checkpoint-2", "--limit", "2", "--max-new-tokens", "8"])
+    result = runner.invoke(
+        app,
+        [
+            "benchmark",
+            "runs/smoke",
+            "runs/other",
+            "--recipe",
+            str(SMOKE),
+            "--base",
+            "--checkpoint",
+            "checkpoint-2",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "8",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "smoke (base" in result.stdout and "runs/smoke@ch" in result.stdout and "runs/other@ch" in result.stdout
     assert (run / "metrics-base.json").is_file() and (run / "metrics-checkpoint-2.json").is_file()
@@ -365,7 +429,8 @@ def test_two_runs_and_a_baseline_give_one_table_and_a_report(run: Path) -> None:
     assert "![training loss](2-runs_smoke_checkpoint-2-loss.png)" in text
     assert len(list(report_dir.glob("*-boxes-*.png"))) == 6 and len(list(report_dir.glob("*-loss.png"))) == 2
     assert f"report: {Path('runs') / 'benchmark-report' / 'report.md'}" in result.stdout.replace(
-        str(run.parent.parent) + "/", "")
+        str(run.parent.parent) + "/", ""
+    )
 
 
 @pytest.mark.slow
@@ -387,9 +452,13 @@ def test_bad_data_is_a_message_before_the_weights_load(run: Path, workspace: Pat
     result = runner.invoke(app, ["benchmark", "runs/smoke"])
     assert result.exit_code == 2 and "split 'test' of builtin:synthetic-detection is empty" in result.stderr
     rows = workspace / "data.jsonl"
-    row = {"messages": [{"role": "user", "content": "Detect the table."},
-                        {"role": "assistant", "content": "<|box_start|>(1,1),(9,9)<|box_end|>"}],
-           "images": ["gone.png"]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "Detect the table."},
+            {"role": "assistant", "content": "<|box_start|>(1,1),(9,9)<|box_end|>"},
+        ],
+        "images": ["gone.png"],
+    }
     rows.write_text("\n".join(json.dumps({**row, "id": f"s{i}"}) for i in range(4)) + "\n")
     (run / "recipe.toml").write_text(recipe.replace('source = "builtin:synthetic-detection"', f'source = "{rows}"'))
     result = runner.invoke(app, ["benchmark", "runs/smoke"])
@@ -400,8 +469,10 @@ def test_bad_data_is_a_message_before_the_weights_load(run: Path, workspace: Pat
 @pytest.mark.slow
 def test_vqa_baseline_end_to_end(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = workspace / "vqa.toml"
-    recipe.write_text(f'extends = "{SMOKE}"\nvariant = "vqa"\n[data]\nsource = "builtin:synthetic-vqa"\n'
-                      'num_samples = 10\n[benchmark]\ntask = "vqa"\n')
+    recipe.write_text(
+        f'extends = "{SMOKE}"\nvariant = "vqa"\n[data]\nsource = "builtin:synthetic-vqa"\n'
+        'num_samples = 10\n[benchmark]\ntask = "vqa"\n'
+    )
     result = runner.invoke(app, ["benchmark", "--recipe", str(recipe), "--base", "--max-new-tokens", "4"])
     assert result.exit_code == 0, result.output
     assert "exact" in result.stdout and "vqa (base model)" in result.stdout
@@ -410,7 +481,8 @@ def test_vqa_baseline_end_to_end(workspace: Path, monkeypatch: pytest.MonkeyPatc
     rows = [json.loads(line) for line in (workspace / "runs" / "vqa" / "predictions-base.jsonl").open()]
     assert len(rows) == record["samples"] == 2 and all(row["target"]["answer"] for row in rows)
 
-    monkeypatch.setattr(benchmark, "generate", lambda model, processor, samples, **kw: (["p"] * len(samples),
-                                                                                         _answers(samples)))
+    monkeypatch.setattr(
+        benchmark, "generate", lambda model, processor, samples, **kw: (["p"] * len(samples), _answers(samples))
+    )
     result = runner.invoke(app, ["benchmark", "--recipe", str(recipe), "--base", "--json"])
     assert json.loads(result.stdout)["runs"][0]["metrics"]["exact_match"] == 1.0

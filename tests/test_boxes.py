@@ -53,9 +53,7 @@ def test_round_trip_within_documented_tolerance(width, height, corners, fmt) -> 
     step_x, step_y = width / text_units[0], height / text_units[1]
     if box[2] - box[0] < 2 * step_x or box[3] - box[1] < 2 * step_y:
         return  # may legitimately collapse to a zero-area box once rounded
-    result = parse_boxes(
-        fmt, format_boxes(fmt, [box], ["x"], (width, height), resized), (width, height), resized
-    )
+    result = parse_boxes(fmt, format_boxes(fmt, [box], ["x"], (width, height), resized), (width, height), resized)
     assert result.ok, result.reason
     for got, want, step in zip(result.boxes[0], box, (step_x, step_y, step_x, step_y), strict=True):
         assert abs(got - want) <= step / 2 + 1e-9

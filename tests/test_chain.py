@@ -22,8 +22,15 @@ runner = CliRunner()
 slurm = [pytest.mark.slurm, requires_slurm]
 
 # 24 samples → 19 train → 5 steps per epoch at batch 4; 1 epoch per link; a checkpoint every 3 steps.
-TINY = ["data.num_samples=24", "data.max_samples=24", "chain.epochs_per_job=1", "training.save_steps=3",
-        "training.save_total_limit=20", "training.eval_steps=100", "training.logging_steps=1"]
+TINY = [
+    "data.num_samples=24",
+    "data.max_samples=24",
+    "chain.epochs_per_job=1",
+    "training.save_steps=3",
+    "training.save_total_limit=20",
+    "training.eval_steps=100",
+    "training.logging_steps=1",
+]
 JOBS = 3
 _results: dict[str, dict] = {}
 
@@ -54,9 +61,11 @@ def final_weights(run: Path) -> dict:
 def uninterrupted(cache_dir: Path, runs: Path, *tuning: str) -> dict:
     """One uninterrupted `vlmtune train` of the chain's effective recipe (training.epochs = 3 × 1), once per session."""
     if tuning not in _references:
-        result = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), *sets(f"training.epochs={JOBS}", *tuning)],
-                               env={"VLMTUNE_RUNS_DIR": str(runs), "VLMTUNE_CACHE_DIR": str(cache_dir),
-                                    "HF_HUB_OFFLINE": "1"})
+        result = runner.invoke(
+            app,
+            ["train", str(RECIPES / "smoke.toml"), *sets(f"training.epochs={JOBS}", *tuning)],
+            env={"VLMTUNE_RUNS_DIR": str(runs), "VLMTUNE_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1"},
+        )
         assert result.exit_code == 0, result.output
         _references[tuning] = final_weights(runs / "smoke")
     return _references[tuning]
@@ -93,8 +102,7 @@ def wait_finished(run: Path, timeout: float = 240) -> dict:
 
 
 def submit(*args: str) -> list[str]:
-    result = runner.invoke(app, ["submit", str(RECIPES / "smoke.toml"), "--chain", str(JOBS), *sets(), *args,
-                                 "--json"])
+    result = runner.invoke(app, ["submit", str(RECIPES / "smoke.toml"), "--chain", str(JOBS), *sets(), *args, "--json"])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)["job_ids"]
 
@@ -105,8 +113,9 @@ def submit(*args: str) -> list[str]:
 @pytest.mark.parametrize("tuning", [(), tuple(FULL)], ids=["lora", "full"])
 @pytest.mark.slurm
 @requires_slurm
-def test_submitted_chain_of_three_equals_uninterrupted_run(workspace: Path, cache_dir: Path,
-                                                           tuning: tuple[str, ...]) -> None:
+def test_submitted_chain_of_three_equals_uninterrupted_run(
+    workspace: Path, cache_dir: Path, tuning: tuple[str, ...]
+) -> None:
     reference = uninterrupted(cache_dir, workspace / "reference", *tuning)
     job_ids = submit(*(arg for item in tuning for arg in ("--set", item)))
     run = workspace / "runs" / "smoke"
@@ -141,14 +150,22 @@ def test_submitted_chain_of_three_equals_uninterrupted_run(workspace: Path, cach
 # the whole run is one epoch, always mid-epoch. The reference run tokenizes the data first, so the job spends its
 # minute training rather than tokenizing.
 TRAIN_SECONDS = 50
-ONE_EPOCH = ["training.batch_size=1", "training.epochs=1", "chain.epochs_per_job=1", "training.save_steps=100000",
-             "training.eval_steps=100000", "training.logging_steps=100"]
+ONE_EPOCH = [
+    "training.batch_size=1",
+    "training.epochs=1",
+    "chain.epochs_per_job=1",
+    "training.save_steps=100000",
+    "training.eval_steps=100000",
+    "training.logging_steps=100",
+]
 
 
 def single_sample_steps_per_second() -> float:
-    calibration = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), *sets(*ONE_EPOCH, "data.num_samples=200",
-                                                                                  "data.max_samples=200")],
-                                env={"VLMTUNE_RUNS_DIR": "calibration"})
+    calibration = runner.invoke(
+        app,
+        ["train", str(RECIPES / "smoke.toml"), *sets(*ONE_EPOCH, "data.num_samples=200", "data.max_samples=200")],
+        env={"VLMTUNE_RUNS_DIR": "calibration"},
+    )
     assert calibration.exit_code == 0, calibration.output
     history = json.loads(Path("calibration/smoke/summary.json").read_text())["log_history"]
     return next(entry["train_steps_per_second"] for entry in history if "train_steps_per_second" in entry)
@@ -160,11 +177,13 @@ def test_time_limit_mid_epoch_checkpoints_requeues_and_still_equals_uninterrupte
     steps = int(TRAIN_SECONDS * single_sample_steps_per_second())
     samples = steps * 5 // 4  # 80 % of the synthetic samples are the train split
     long_run = [*ONE_EPOCH, f"data.num_samples={samples}", f"data.max_samples={samples}"]
-    direct = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), *sets(*long_run)],
-                           env={"VLMTUNE_RUNS_DIR": "reference"})
+    direct = runner.invoke(
+        app, ["train", str(RECIPES / "smoke.toml"), *sets(*long_run)], env={"VLMTUNE_RUNS_DIR": "reference"}
+    )
     assert direct.exit_code == 0, direct.output
-    job = runner.invoke(app, ["submit", str(RECIPES / "smoke.toml"), "--chain", "1", "--time", "00:01:00",
-                              *sets(*long_run), "--json"])
+    job = runner.invoke(
+        app, ["submit", str(RECIPES / "smoke.toml"), "--chain", "1", "--time", "00:01:00", *sets(*long_run), "--json"]
+    )
     assert job.exit_code == 0, job.output
     job_id = json.loads(job.stdout)["job_ids"][0]
     run = workspace / "runs" / "smoke"
@@ -237,8 +256,17 @@ def test_chain_run_here_equals_uninterrupted_and_submitted_chain(workspace: Path
 
 
 def test_last_link_benchmarks_final_when_the_recipe_asks(workspace: Path) -> None:
-    result = runner.invoke(app, ["chain", "run", str(RECIPES / "smoke.toml"), "--jobs", "2", *sets(
-        "chain.benchmark_at_end=true", "benchmark.limit=3", "benchmark.max_new_tokens=8")])
+    result = runner.invoke(
+        app,
+        [
+            "chain",
+            "run",
+            str(RECIPES / "smoke.toml"),
+            "--jobs",
+            "2",
+            *sets("chain.benchmark_at_end=true", "benchmark.limit=3", "benchmark.max_new_tokens=8"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     run = workspace / "runs" / "smoke"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -275,8 +303,17 @@ def test_slurm_refusals_are_passed_on_and_recorded(workspace: Path) -> None:
 @pytest.mark.slurm
 @requires_slurm
 def test_two_task_job_trains_with_ddp_into_one_checkpoint(workspace: Path) -> None:
-    result = runner.invoke(app, ["submit", str(RECIPES / "smoke.toml"), "--chain", "1", *sets(
-        "slurm.extra.ntasks_per_node=2", "slurm.cpus_per_task=1", "training.save_steps=100"), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "submit",
+            str(RECIPES / "smoke.toml"),
+            "--chain",
+            "1",
+            *sets("slurm.extra.ntasks_per_node=2", "slurm.cpus_per_task=1", "training.save_steps=100"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     run = workspace / "runs" / "smoke"
     wait_finished(run, timeout=180)

@@ -26,15 +26,23 @@ def _modules_loaded_by(argv: list[str]) -> tuple[int, set[str]]:
         "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code or 0\nelse:\n    code = 0\n"
         f"print(code, ' '.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=RECIPES.parent,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=RECIPES.parent, check=False
+    )
     last = done.stderr.strip().splitlines()[-1].split()
     return int(last[0]), set(last[1:])
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["train", "--help"],
-                                  ["train", "recipes/v2.toml", "--dry-run"],
-                                  ["train", "recipes/v2.toml", "--set", "training.lrr=1"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--version"],
+        ["train", "--help"],
+        ["train", "recipes/v2.toml", "--dry-run"],
+        ["train", "recipes/v2.toml", "--set", "training.lrr=1"],
+    ],
+)
 def test_light_paths_import_no_ml_library(argv: list[str]) -> None:
     code, heavy = _modules_loaded_by(argv)
     assert heavy == set()
@@ -42,14 +50,17 @@ def test_light_paths_import_no_ml_library(argv: list[str]) -> None:
 
 
 def test_module_entry_point_answers() -> None:
-    done = subprocess.run([sys.executable, "-m", "vlmtune_cli", "--version"], capture_output=True, text=True,
-                          check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "vlmtune_cli", "--version"], capture_output=True, text=True, check=True
+    )
     assert done.stdout.startswith("vlmtune ")
 
 
 def test_dry_run_prints_the_resolved_recipe_as_toml(workspace: Path) -> None:
-    result = runner.invoke(app, ["train", str(RECIPES / "v2.toml"), "--dry-run", "--set", "training.lr=5e-5",
-                                 "--set", "data.max_samples=100"])
+    result = runner.invoke(
+        app,
+        ["train", str(RECIPES / "v2.toml"), "--dry-run", "--set", "training.lr=5e-5", "--set", "data.max_samples=100"],
+    )
     assert result.exit_code == 0, result.output
     resolved = tomllib.loads(result.stdout)
     assert resolved["variant"] == "v2-assistant-only"

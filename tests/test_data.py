@@ -61,9 +61,7 @@ def test_synthetic_fixed_image_size_off_the_grid_stays_exact() -> None:
     for sample in load(num_samples=5, options={"image_size": 224})["train"]:
         assert sample["images"][0].size == (224, 224)
         answer = sample["messages"][-1]["content"][0]["text"]
-        assert [list(b) for b in parse_boxes("qwen2-vl-grid", answer, (224, 224)).boxes] == sample["target"][
-            "boxes"
-        ]
+        assert [list(b) for b in parse_boxes("qwen2-vl-grid", answer, (224, 224)).boxes] == sample["target"]["boxes"]
     with pytest.raises(UsageError, match="image_size"):
         load(num_samples=2, options={"image_size": [32, "x"]})
 
@@ -177,9 +175,7 @@ def test_jsonl_missing_image_names_line_and_path(tmp_path: Path) -> None:
     )
     with pytest.raises(UsageError, match=r"s\.jsonl, line 2: image .*missing\.png does not exist"):
         load(source=str(path), split_ratio=1.0)
-    named = write_jsonl(
-        tmp_path / "n.jsonl", [{"id": "p7", "messages": chat("q", "a"), "images": ["gone.png"]}]
-    )
+    named = write_jsonl(tmp_path / "n.jsonl", [{"id": "p7", "messages": chat("q", "a"), "images": ["gone.png"]}])
     with pytest.raises(UsageError, match=r"line 1 \(id p7\): image .*gone\.png does not exist"):
         load(source=str(named), split_ratio=1.0)
 
@@ -188,9 +184,7 @@ def test_jsonl_corrupt_image_and_bad_rows(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     with pytest.raises(UsageError, match=r"line 1: image .*bad\.png cannot be read"):
         load(
-            source=str(
-                write_jsonl(tmp_path / "a.jsonl", [{"messages": chat("q", "a"), "images": ["bad.png"]}])
-            ),
+            source=str(write_jsonl(tmp_path / "a.jsonl", [{"messages": chat("q", "a"), "images": ["bad.png"]}])),
             split_ratio=1.0,
         )
     with pytest.raises(UsageError, match="line 2: not valid JSON"):

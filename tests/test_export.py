@@ -69,9 +69,10 @@ def _adapter_tokens(run: Path, cache_dir: Path, image_paths: list[Path], inputs_
     torch.save(dict(inputs), inputs_file)
     model = PeftModel.from_pretrained(loading.load_model(recipe.model, cache_dir), run / "final").eval()
     with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=12, do_sample=False, num_beams=1,
-                             pad_token_id=processor.tokenizer.pad_token_id)
-    return out[:, inputs["input_ids"].shape[1]:].tolist()
+        out = model.generate(
+            **inputs, max_new_tokens=12, do_sample=False, num_beams=1, pad_token_id=processor.tokenizer.pad_token_id
+        )
+    return out[:, inputs["input_ids"].shape[1] :].tolist()
 
 
 @pytest.mark.slow
@@ -98,9 +99,23 @@ def test_merged_export_generates_what_the_adapter_generates_without_vlmtune(work
     inputs_file = workspace / "inputs.pt"
     expected = _adapter_tokens(run, cache_dir, image_paths, inputs_file)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLMTUNE_")}
-    done = subprocess.run([sys.executable, "-c", _PLAIN_LOAD, str(run / "export" / "merged"),
-                           str(workspace / "adapter-out"), str(inputs_file), *map(str, image_paths)],
-                          capture_output=True, text=True, env=env, cwd=workspace, timeout=300, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _PLAIN_LOAD,
+            str(run / "export" / "merged"),
+            str(workspace / "adapter-out"),
+            str(inputs_file),
+            *map(str, image_paths),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=workspace,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     plain = json.loads(done.stdout.strip().splitlines()[-1])
     assert plain["vlmtune_imported"] is False
@@ -135,7 +150,8 @@ def test_checkpoint_export_and_a_run_without_final(workspace: Path, cache_dir: P
 
 @pytest.mark.slow
 def test_out_is_never_overwritten_without_force_and_a_failed_export_leaves_nothing(
-        workspace: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workspace: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tiny_run(cache_dir, workspace)
     (workspace / "out").mkdir()
     (workspace / "out" / "keep.txt").write_text("mine")
@@ -177,8 +193,9 @@ def test_a_full_fine_tune_is_copied(workspace: Path, cache_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["kind"] == "full" and Path(record["out"]) == run / "export" / "full"
-    assert (run / "export" / "full" / "model.safetensors").read_bytes() == \
-        (workspace / "merged" / "model.safetensors").read_bytes()
+    assert (run / "export" / "full" / "model.safetensors").read_bytes() == (
+        workspace / "merged" / "model.safetensors"
+    ).read_bytes()
     assert "COMPLETE" not in record["files"]
 
 

@@ -38,9 +38,18 @@ VARIANTS = {
     "v3": {"loss_on": "assistant", "vision": "full", "projector": "full", "llm": "frozen"},
     "v4": {"loss_on": "assistant", "vision": "frozen", "projector": "frozen", "llm": "lora"},
 }
-SMALL = ["data.num_samples=8", "data.max_samples=8", "data.split_ratio=0.75", "training.max_steps=3",
-         "training.warmup_steps=0", "training.eval_steps=100", "training.save_steps=100", "training.logging_steps=1",
-         "benchmark.max_new_tokens=8", "training.report_to=[]"]
+SMALL = [
+    "data.num_samples=8",
+    "data.max_samples=8",
+    "data.split_ratio=0.75",
+    "training.max_steps=3",
+    "training.warmup_steps=0",
+    "training.eval_steps=100",
+    "training.save_steps=100",
+    "training.logging_steps=1",
+    "benchmark.max_new_tokens=8",
+    "training.report_to=[]",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +65,10 @@ def _section(family: str) -> ModelSection:
 
 
 def _chat(answer: str, images: int = 1) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "image"}] * images + [{"type": "text", "text": "Detect it."}]},
-            {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+    return [
+        {"role": "user", "content": [{"type": "image"}] * images + [{"type": "text", "text": "Detect it."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+    ]
 
 
 # --- the built-in models ----------------------------------------------------------------------------------
@@ -107,7 +118,8 @@ def test_a_tokenizer_that_adds_bos_still_gives_one_bos(built: Path) -> None:
     tokenizer = processor.tokenizer
     bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
     tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+    )
     assert tokenizer("hi")["input_ids"][0] == bos_id, "the tokenizer now adds a BOS, like Llama 3's"
 
     sample = {"messages": _chat("[12, 40, 180, 200]"), "images": [Image.new("RGB", (200, 250), "red")]}
@@ -165,9 +177,11 @@ def test_cached_batches_equal_the_in_memory_encoding(workspace: Path, built: Pat
 
     for name, size in (("a", (97, 131)), ("b", (300, 200)), ("c", (224, 224))):
         Image.new("RGB", size, "blue").save(workspace / f"{name}.png")
-    rows = [{"id": "one", "messages": _chat("[1, 2, 30, 40]"), "images": ["a.png"]},
-            {"id": "two", "messages": _chat("the first", images=2), "images": ["b.png", "c.png"]},
-            {"id": "three", "messages": _chat("square"), "images": ["c.png"]}]
+    rows = [
+        {"id": "one", "messages": _chat("[1, 2, 30, 40]"), "images": ["a.png"]},
+        {"id": "two", "messages": _chat("the first", images=2), "images": ["b.png", "c.png"]},
+        {"id": "three", "messages": _chat("square"), "images": ["c.png"]},
+    ]
     (workspace / "set.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     recipe = load_recipe(RECIPES / FAMILIES[family][0], ["data.source=set.jsonl", "data.split_ratio=1.0"])
     processor = load_processor(recipe.model, recipe.data, built)

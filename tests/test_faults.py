@@ -19,8 +19,15 @@ from .conftest import RECIPES
 pytestmark = pytest.mark.slow
 
 # 24 samples → 19 train → 5 steps per epoch; 4 epochs = 20 steps; a checkpoint every 2 steps.
-RUN = ["data.num_samples=24", "data.max_samples=24", "training.epochs=4", "training.save_steps=2",
-       "training.save_total_limit=50", "training.eval_steps=100", "training.logging_steps=1"]
+RUN = [
+    "data.num_samples=24",
+    "data.max_samples=24",
+    "training.epochs=4",
+    "training.save_steps=2",
+    "training.save_total_limit=50",
+    "training.eval_steps=100",
+    "training.logging_steps=1",
+]
 
 
 def command(*extra: str) -> list[str]:
@@ -55,21 +62,22 @@ def _saving(run: Path) -> bool:
 
 
 @pytest.mark.parametrize("moment", ["during a checkpoint save", "at a random step"])
-def test_kill_9_then_resume_equals_uninterrupted(moment: str, reference: dict, tmp_path: Path,
-                                                 cache_dir: Path) -> None:
+def test_kill_9_then_resume_equals_uninterrupted(moment: str, reference: dict, tmp_path: Path, cache_dir: Path) -> None:
     import torch
 
     env = environment(tmp_path / "runs", cache_dir)
     run = tmp_path / "runs" / "smoke"
-    victim = subprocess.Popen(command(), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(command(), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while not (run / "checkpoints").exists() and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     if moment == "during a checkpoint save":
         # Skip the first save, then kill while a later one is being written.
-        while victim.poll() is None and time.monotonic() < deadline and not (
-                len(list((run / "checkpoints").glob("checkpoint-*"))) >= 2 and _saving(run)):
+        while (
+            victim.poll() is None
+            and time.monotonic() < deadline
+            and not (len(list((run / "checkpoints").glob("checkpoint-*"))) >= 2 and _saving(run))
+        ):
             time.sleep(0.002)
     else:
         time.sleep(random.Random(7).uniform(0.2, 1.5))
@@ -93,14 +101,16 @@ def test_kill_9_then_resume_equals_uninterrupted(moment: str, reference: dict, t
     assert all(torch.equal(weights[k], reference[k]) for k in reference)
 
 
-def test_sigterm_saves_a_checkpoint_says_how_to_resume_and_resume_completes(reference: dict, tmp_path: Path,
-                                                                            cache_dir: Path) -> None:
+def test_sigterm_saves_a_checkpoint_says_how_to_resume_and_resume_completes(
+    reference: dict, tmp_path: Path, cache_dir: Path
+) -> None:
     import torch
 
     env = environment(tmp_path / "runs", cache_dir)
     run = tmp_path / "runs" / "smoke"
-    victim = subprocess.Popen(command(), env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    victim = subprocess.Popen(
+        command(), env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 180
     while not list((run / "checkpoints").glob("checkpoint-*/COMPLETE")) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -133,8 +143,10 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     assert "the loss became" in result.stderr and "at step" in result.stderr
     step = int(result.stderr.split("at step ")[1].split(";")[0])
     assert "the last good checkpoint is" in result.stderr
-    checkpoints = sorted(int(p.parent.name.split("-")[1]) for p in
-                         (workspace / "runs" / "smoke" / "checkpoints").glob("checkpoint-*/COMPLETE"))
+    checkpoints = sorted(
+        int(p.parent.name.split("-")[1])
+        for p in (workspace / "runs" / "smoke" / "checkpoints").glob("checkpoint-*/COMPLETE")
+    )
     assert checkpoints and max(checkpoints) == step - 1, (checkpoints, step)
     assert not (workspace / "runs" / "smoke" / "final").exists()
 
@@ -144,17 +156,18 @@ def tiny_filesystem(tmp_path: Path):
     """A real 1.3 MB file system (tmpfs): room for two checkpoints of the smoke run, not three."""
     mount = tmp_path / "small"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1300k", "tmpfs", str(mount)], capture_output=True,
-                          check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1300k", "tmpfs", str(mount)], capture_output=True, check=False
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.decode().strip()}")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so(tiny_filesystem: Path, tmp_path: Path,
-                                                                           cache_dir: Path,
-                                                                           reference: dict) -> None:
+def test_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so(
+    tiny_filesystem: Path, tmp_path: Path, cache_dir: Path, reference: dict
+) -> None:
     import torch
 
     env = environment(tiny_filesystem, cache_dir)
@@ -172,8 +185,9 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so(tiny_
     roomy = tmp_path / "roomy"
     roomy.mkdir()
     subprocess.run(["cp", "-a", str(run), str(roomy)], check=True)
-    resumed = subprocess.run(command(), env=environment(roomy, cache_dir), cwd=tmp_path, capture_output=True,
-                             text=True, timeout=300)
+    resumed = subprocess.run(
+        command(), env=environment(roomy, cache_dir), cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {roomy / 'smoke' / 'checkpoints' / newest.name}" in resumed.stderr.replace("\n", "")
     weights = adapter(roomy / "smoke")
@@ -190,14 +204,15 @@ def test_second_trainer_on_the_same_run_directory_is_refused(tmp_path: Path, cac
             time.sleep(0.05)
         second = subprocess.run(long_run, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert second.returncode == 2, second.stderr
-        assert "is being trained by pid" in second.stderr and "two trainings cannot write one run directory" in \
-            second.stderr
+        assert (
+            "is being trained by pid" in second.stderr
+            and "two trainings cannot write one run directory" in second.stderr
+        )
     finally:
         first.kill()
         first.wait()
     # The kernel dropped the dead holder's lock: the next train is not stuck.
-    again = subprocess.run(command("--overwrite"), env=env, cwd=tmp_path, capture_output=True, text=True,
-                           timeout=300)
+    again = subprocess.run(command("--overwrite"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
 
 
@@ -207,8 +222,9 @@ def test_unwritable_runs_dir_is_a_message(workspace: Path) -> None:
     from vlmtune_cli.cli import app
 
     (workspace / "file").write_text("not a folder")
-    result = CliRunner().invoke(app, ["train", str(RECIPES / "smoke.toml")],
-                                env={"VLMTUNE_RUNS_DIR": str(workspace / "file" / "runs")})
+    result = CliRunner().invoke(
+        app, ["train", str(RECIPES / "smoke.toml")], env={"VLMTUNE_RUNS_DIR": str(workspace / "file" / "runs")}
+    )
     assert result.exit_code == 2, result.output
     assert "cannot write to runs_dir" in result.stderr and "VLMTUNE_RUNS_DIR" in result.stderr
 
@@ -217,11 +233,18 @@ def test_secrets_in_the_environment_never_reach_the_run_directory(tmp_path: Path
     secret = "sk-FAKE-SECRET-7f3a9c"
     env = environment(tmp_path / "runs", cache_dir)
     env.update(WANDB_API_KEY=secret, HF_TOKEN=f"hf_{secret}", AWS_SECRET_ACCESS_KEY=secret)
-    done = subprocess.run(command("--set", "training.epochs=1"), env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        command("--set", "training.epochs=1"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
-    dry = subprocess.run([sys.executable, "-m", "vlmtune_cli", "submit", str(RECIPES / "smoke.toml"), "--dry-run"],
-                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    dry = subprocess.run(
+        [sys.executable, "-m", "vlmtune_cli", "submit", str(RECIPES / "smoke.toml"), "--dry-run"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert secret not in dry.stdout + dry.stderr
     leaks = [str(p) for p in (tmp_path / "runs").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert leaks == []

@@ -36,8 +36,13 @@ def processor_and_spec(tmp_path_factory: pytest.TempPathFactory):
 
 CONVERSATIONS = {
     "multi-turn": (
-        [SYSTEM, user("Detect the nutrition table."), assistant("(10,20),(30,40)"),
-         {"role": "user", "content": [{"type": "text", "text": "And the energy row?"}]}, assistant("(12,22),(28,30)")],
+        [
+            SYSTEM,
+            user("Detect the nutrition table."),
+            assistant("(10,20),(30,40)"),
+            {"role": "user", "content": [{"type": "text", "text": "And the energy row?"}]},
+            assistant("(12,22),(28,30)"),
+        ],
         1,
     ),
     "answer says assistant": (
@@ -92,8 +97,10 @@ def test_collator_pads_a_batch_of_three(processor_and_spec) -> None:
     processor, spec = processor_and_spec
     samples = [
         {"messages": [user("Detect the table."), assistant("(1,2),(3,4)")], "images": [image("red")]},
-        {"messages": [user("Detect the nutrition table please, quickly."), assistant("(100,200),(300,400)")],
-         "images": [image("blue")]},
+        {
+            "messages": [user("Detect the nutrition table please, quickly."), assistant("(100,200),(300,400)")],
+            "images": [image("blue")],
+        },
         {"messages": CONVERSATIONS["two images"][0], "images": [image(), image("green")]},
     ]
     encoded = [encode_sample(processor, spec, s, "assistant", 4096) for s in samples]

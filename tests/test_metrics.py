@@ -115,14 +115,17 @@ def test_no_prediction_and_no_truth_edge_cases() -> None:
         detection_metrics([[A]], [])
 
 
-@pytest.mark.parametrize(("text", "normalised"), [
-    ("The Red square.", "red square"),
-    ("  an   Apple!! ", "apple"),
-    ("3.5 kg", "3.5 kg"),
-    ("1,000", "1000"),
-    ("-3", "-3"),
-    ("well-known", "well known"),
-])
+@pytest.mark.parametrize(
+    ("text", "normalised"),
+    [
+        ("The Red square.", "red square"),
+        ("  an   Apple!! ", "apple"),
+        ("3.5 kg", "3.5 kg"),
+        ("1,000", "1000"),
+        ("-3", "-3"),
+        ("well-known", "well known"),
+    ],
+)
 def test_normalisation(text: str, normalised: str) -> None:
     assert normalize_answer(text) == normalised
 

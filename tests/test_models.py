@@ -81,9 +81,7 @@ def test_builtin_model_round_trips_through_auto_classes(cache_dir):
     tokenizer = processor.tokenizer
     assert len(tokenizer) == model.config.text_config.vocab_size == 600
     assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.padding_side == "right"
-    assert all(
-        tokenizer.convert_tokens_to_ids(t) != tokenizer.unk_token_id for t in builtin.SPECIAL_TOKENS
-    )
+    assert all(tokenizer.convert_tokens_to_ids(t) != tokenizer.unk_token_id for t in builtin.SPECIAL_TOKENS)
     assert type(processor.image_processor).__name__ == "Qwen2VLImageProcessorPil"
 
 
@@ -101,9 +99,7 @@ def test_build_is_deterministic(cache_dir, tmp_path):
     first = cache_dir / "models" / "tiny-qwen2-vl"
     for name in ("model.safetensors", "tokenizer.json", "chat_template.jinja", "config.json"):
         assert (first / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
-    assert (first / "model.safetensors").read_bytes() != (
-        tmp_path / "other" / "model.safetensors"
-    ).read_bytes()
+    assert (first / "model.safetensors").read_bytes() != (tmp_path / "other" / "model.safetensors").read_bytes()
 
 
 def test_killed_build_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
@@ -155,9 +151,7 @@ def test_processor_turns_an_image_and_chat_into_64_image_tokens(processor):
 
 def test_pixel_bounds_from_the_recipe_reach_the_image_processor(cache_dir):
     processor = load_processor(TINY, DataSection(max_pixels=112 * 112), cache_dir)
-    enc = processor(
-        text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[Image.new("RGB", (224, 224))]
-    )
+    enc = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[Image.new("RGB", (224, 224))])
     assert enc["image_grid_thw"].tolist() == [[1, 8, 8]]
 
 
@@ -185,9 +179,7 @@ def test_batch_of_two_with_padding(model, processor, batch):
     assert torch.isfinite(model(**batch).loss)
     processor.tokenizer.padding_side = "left"
     try:
-        texts = [
-            processor.apply_chat_template(conversation()[:1], tokenize=False, add_generation_prompt=True)
-        ] * 2
+        texts = [processor.apply_chat_template(conversation()[:1], tokenize=False, add_generation_prompt=True)] * 2
         images = [Image.new("RGB", (224, 224)), Image.new("RGB", (280, 168))]
         enc = processor(text=texts, images=images, return_tensors="pt", padding=True)
     finally:
@@ -205,10 +197,7 @@ def test_every_parameter_belongs_to_exactly_one_component(model):
     assert component_of(family, "model.visual.merger.mlp.0.weight") == "projector"
     assert component_of(family, "lm_head.weight") == "llm"
     # PEFT prefixes names with base_model.model.
-    assert (
-        component_of(family, "base_model.model.model.visual.merger.mlp.0.lora_A.default.weight")
-        == "projector"
-    )
+    assert component_of(family, "base_model.model.model.visual.merger.mlp.0.lora_A.default.weight") == "projector"
     with pytest.raises(VlmtuneError, match="model.mystery.weight"):
         component_of(family, "model.mystery.weight")
 

@@ -69,21 +69,23 @@ def test_mllama_has_no_lookup(cache_dir: Path) -> None:
     assert Patchifier.verified(mllama.image_processor) is None
 
 
-def test_loader_rows_are_the_same_with_and_without_the_lookup(cache_dir: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_loader_rows_are_the_same_with_and_without_the_lookup(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     image_processor = processor(cache_dir, QWEN[0]).image_processor
     rng = np.random.default_rng(3)
     sizes = [[448, 224], [56, 84]]
-    batch = {"input_ids": [[1, 2, 3]], "labels": [[-100, 2, 3]], "images": [[random_image(rng, w, h).tobytes()
-                                                                             for w, h in sizes]],
-             "image_sizes": [sizes]}
+    batch = {
+        "input_ids": [[1, 2, 3]],
+        "labels": [[-100, 2, 3]],
+        "images": [[random_image(rng, w, h).tobytes() for w, h in sizes]],
+        "image_sizes": [sizes],
+    }
     with_lookup = ModelInputs(image_processor, {})
     assert with_lookup.patchifier is not None
     monkeypatch.setattr(inputs, "EXACT_FAST_PIXELS", False)
     without = ModelInputs(image_processor, {})
     assert without.patchifier is None
     a, b = with_lookup(dict(batch))["pixel_values"][0], without(dict(batch))["pixel_values"][0]
-    assert a.shape == b.shape == ((448 * 224 + 56 * 84) // 14 ** 2, 1176) and np.array_equal(a, b)
+    assert a.shape == b.shape == ((448 * 224 + 56 * 84) // 14**2, 1176) and np.array_equal(a, b)
 
 
 def test_batches_made_in_worker_processes_equal_the_processor_output(cache_dir: Path) -> None:
@@ -94,8 +96,15 @@ def test_batches_made_in_worker_processes_equal_the_processor_output(cache_dir: 
     image_processor = processor(cache_dir, QWEN[0]).image_processor
     rng = np.random.default_rng(5)
     sizes = [[[448, 224]], [], [[56, 84], [112, 112]], [[224, 224]]]  # a text-only sample among them
-    rows = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3], "image_sizes": s,
-             "images": [random_image(rng, w, h).tobytes() for w, h in s]} for s in sizes]
+    rows = [
+        {
+            "input_ids": [1, 2, 3],
+            "labels": [-100, 2, 3],
+            "image_sizes": s,
+            "images": [random_image(rng, w, h).tobytes() for w, h in s],
+        }
+        for s in sizes
+    ]
     to_inputs = ModelInputs(image_processor, {})
 
     class Rows(torch.utils.data.Dataset):
@@ -109,8 +118,11 @@ def test_batches_made_in_worker_processes_equal_the_processor_output(cache_dir: 
     for workers in (0, 1):
         batches = list(torch.utils.data.DataLoader(Rows(), batch_size=2, collate_fn=collate, num_workers=workers))
         for batch, chunk in zip(batches, (sizes[:2], sizes[2:]), strict=True):
-            images = [Image.frombuffer("RGB", (w, h), rows[sizes.index(s)]["images"][i], "raw", "RGB", 0, 1)
-                      for s in chunk for i, (w, h) in enumerate(s)]
+            images = [
+                Image.frombuffer("RGB", (w, h), rows[sizes.index(s)]["images"][i], "raw", "RGB", 0, 1)
+                for s in chunk
+                for i, (w, h) in enumerate(s)
+            ]
             expected = image_processor(images=images, return_tensors="np")["pixel_values"]
             assert batch["pixel_values"].dtype == torch.float32
             assert np.array_equal(batch["pixel_values"].numpy(), expected), workers

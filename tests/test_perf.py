@@ -17,8 +17,9 @@ SMOKE = RECIPES / "smoke.toml"
 
 
 @pytest.mark.parametrize("grouped", [False, True])
-def test_group_by_length_reads_the_stored_lengths(workspace: Path, cache_dir: Path, grouped: bool,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_group_by_length_reads_the_stored_lengths(
+    workspace: Path, cache_dir: Path, grouped: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     from vlmtune_cli.config.settings import load_settings
@@ -28,9 +29,17 @@ def test_group_by_length_reads_the_stored_lengths(workspace: Path, cache_dir: Pa
     from vlmtune_cli.runs import run_dir_for
     from vlmtune_cli.train import trainer
 
-    recipe = load_recipe(SMOKE, ["data.split_ratio=1.0", "data.num_samples=40", "data.max_samples=40",
-                                 "training.batch_size=4", "training.report_to=['none']",
-                                 f"training.group_by_length={str(grouped).lower()}"])
+    recipe = load_recipe(
+        SMOKE,
+        [
+            "data.split_ratio=1.0",
+            "data.num_samples=40",
+            "data.max_samples=40",
+            "training.batch_size=4",
+            "training.report_to=['none']",
+            f"training.group_by_length={str(grouped).lower()}",
+        ],
+    )
     processor = loading.load_processor(recipe.model, recipe.data, cache_dir)
     result = tokenize_recipe(recipe, cache_dir, processor=processor)
     train_set, _ = open_splits(result, processor)
@@ -38,8 +47,9 @@ def test_group_by_length_reads_the_stored_lengths(workspace: Path, cache_dir: Pa
     assert list(train_set.with_format(None)["length"]) == lengths
     model = loading.load_model(recipe.model, cache_dir)
     model = loading.apply_tuning(model, recipe.tuning, recipe.lora, seed=42)
-    built = trainer._build_trainer(recipe, run_dir_for(recipe, load_settings().runs_dir), model, processor,
-                                   train_set, None, None)
+    built = trainer._build_trainer(
+        recipe, run_dir_for(recipe, load_settings().runs_dir), model, processor, train_set, None, None
+    )
     calls = []
     original = inputs.ModelInputs.__call__
     monkeypatch.setattr(inputs.ModelInputs, "__call__", lambda self, b: calls.append(1) or original(self, b))
@@ -53,7 +63,8 @@ def test_group_by_length_reads_the_stored_lengths(workspace: Path, cache_dir: Pa
     order = list(iter(sampler))
     assert sorted(order) == list(range(40))
     assert batch["input_ids"].shape[0] == 4 and batch["attention_mask"].shape[1] == max(
-        int(n) for n in batch["attention_mask"].sum(1))
+        int(n) for n in batch["attention_mask"].sum(1)
+    )
 
 
 @pytest.mark.slow
@@ -70,8 +81,11 @@ def test_grouped_resume_equals_uninterrupted_run(workspace: Path) -> None:
 
     from .test_train import SMALL
 
-    result = CliRunner().invoke(app, ["train", str(SMOKE), *sum((["--set", s] for s in (*SMALL, *grouped)), [])],
-                                env={"VLMTUNE_RUNS_DIR": str(workspace / "second")})
+    result = CliRunner().invoke(
+        app,
+        ["train", str(SMOKE), *sum((["--set", s] for s in (*SMALL, *grouped)), [])],
+        env={"VLMTUNE_RUNS_DIR": str(workspace / "second")},
+    )
     assert result.exit_code == 0, result.output
     assert "checkpoint-3 (step 3" in result.stderr
     assert_bitwise_equal(tensors(copy / "final" / "adapter_model.safetensors"), reference)
@@ -80,7 +94,11 @@ def test_grouped_resume_equals_uninterrupted_run(workspace: Path) -> None:
 @pytest.mark.slow
 def test_benchmark_suite_starts(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--only", "startup", "--repeats",
-                           "1", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--only", "startup", "--repeats", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "start-up" in out.read_text()

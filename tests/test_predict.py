@@ -44,16 +44,31 @@ def test_predict_end_to_end(workspace: Path, cache_dir: Path) -> None:
     lines = (run / "predictions-images" / "predict.jsonl").read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[0])["prompt"] == record["prompt"]
 
-    table = runner.invoke(app, ["predict", str(run), str(images[0]), "--prompt", "Where is it?", "--out", "pred",
-                                "--checkpoint", "checkpoint-1", "--max-new-tokens", "4"])
+    table = runner.invoke(
+        app,
+        [
+            "predict",
+            str(run),
+            str(images[0]),
+            "--prompt",
+            "Where is it?",
+            "--out",
+            "pred",
+            "--checkpoint",
+            "checkpoint-1",
+            "--max-new-tokens",
+            "4",
+        ],
+    )
     assert table.exit_code == 0, table.output
     assert "checkpoint-1" in table.stdout and "images with boxes: pred" in table.stdout
     assert (workspace / "pred" / "shelf0.png").is_file()
 
 
 @pytest.mark.slow
-def test_boxes_are_parsed_in_original_pixels_and_drawn(workspace: Path, cache_dir: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_boxes_are_parsed_in_original_pixels_and_drawn(
+    workspace: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tiny_run(cache_dir, workspace)
     image = workspace / "a.png"
     Image.new("RGB", (200, 100), "white").save(image)
@@ -67,8 +82,9 @@ def test_boxes_are_parsed_in_original_pixels_and_drawn(workspace: Path, cache_di
         return ["prompt"] * len(samples), [answer, "no box here"]
 
     monkeypatch.setattr(benchmark, "generate", fake_generate)
-    result = runner.invoke(app, ["predict", "smoke", str(image), str(twin), "--prompt", "Detect the table.",
-                                 "--out", "out", "--json"])
+    result = runner.invoke(
+        app, ["predict", "smoke", str(image), str(twin), "--prompt", "Detect the table.", "--out", "out", "--json"]
+    )
     assert result.exit_code == 0, result.output
     first, second = json.loads(result.stdout)["predictions"]
     assert first["boxes"] == [[20.0, 20.0, 100.0, 80.0]] and first["labels"] == ["table"] and first["parsed_ok"]

@@ -39,7 +39,13 @@ def test_variants_are_data_not_code() -> None:
     for recipe in v.values():
         t = recipe.training
         assert (t.lr, t.lr_scheduler, t.warmup_steps, t.grad_accum, t.save_total_limit, t.seed) == (
-            2e-5, "cosine", 100, 8, 3, 42)
+            2e-5,
+            "cosine",
+            100,
+            8,
+            3,
+            42,
+        )
         assert recipe.data.max_length == 2048
     assert len({r.variant for r in v.values()}) == 4
 
@@ -64,8 +70,9 @@ def test_extends_cycle_and_missing_parent_are_errors(tmp_path: Path) -> None:
 
 def test_precedence_parent_child_env_set(tmp_path: Path) -> None:
     write(tmp_path / "parent.toml", "[training]\nlr = 1.0\nepochs = 1\nseed = 1\nbatch_size = 1\n")
-    child = write(tmp_path / "child.toml",
-                  'extends = "parent.toml"\n[training]\nepochs = 2\nseed = 2\nbatch_size = 2\n')
+    child = write(
+        tmp_path / "child.toml", 'extends = "parent.toml"\n[training]\nepochs = 2\nseed = 2\nbatch_size = 2\n'
+    )
     env = {"VLMTUNE_TRAINING__SEED": "3", "VLMTUNE_TRAINING__BATCH_SIZE": "3", "VLMTUNE_RUNS_DIR": "ignored"}
     recipe = load_recipe(child, ["training.batch_size=4"], environ=env)
     t = recipe.training
@@ -74,10 +81,18 @@ def test_precedence_parent_child_env_set(tmp_path: Path) -> None:
 
 def test_set_values_are_toml_with_bare_strings(tmp_path: Path) -> None:
     path = write(tmp_path / "r.toml", "")
-    recipe = load_recipe(path, [
-        "training.lr=5e-5", "model.name=Qwen/Qwen2-VL-7B-Instruct", 'training.report_to=["none"]',
-        "training.gradient_checkpointing=true", "data.max_samples=100", "data.options.image_size=96",
-    ], environ={})
+    recipe = load_recipe(
+        path,
+        [
+            "training.lr=5e-5",
+            "model.name=Qwen/Qwen2-VL-7B-Instruct",
+            'training.report_to=["none"]',
+            "training.gradient_checkpointing=true",
+            "data.max_samples=100",
+            "data.options.image_size=96",
+        ],
+        environ={},
+    )
     assert recipe.training.lr == 5e-5
     assert recipe.model.name == "Qwen/Qwen2-VL-7B-Instruct"
     assert recipe.training.report_to == ["none"]

@@ -23,14 +23,20 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 KNOWN_KEYS = sorted({k for t in TABLES for k in Recipe.model_fields[t].annotation.model_fields} | set(TABLES))
 key = st.one_of(st.sampled_from(KNOWN_KEYS), st.text(string.ascii_lowercase + "_", min_size=1, max_size=12))
 scalar = st.one_of(
-    st.booleans(), st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
     st.sampled_from(["frozen", "lora", "full", "all", "assistant", "04:00:00", "builtin:tiny-qwen2-vl", "auto"]),
 )
-value = st.recursive(scalar, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                     st.dictionaries(key, inner, max_size=3)), max_leaves=6)
-recipe_doc = st.dictionaries(st.one_of(st.sampled_from([*TABLES, "variant", "extends"]), key),
-                             st.one_of(value, st.dictionaries(key, value, max_size=5)), max_size=6)
+value = st.recursive(
+    scalar, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(key, inner, max_size=3)), max_leaves=6
+)
+recipe_doc = st.dictionaries(
+    st.one_of(st.sampled_from([*TABLES, "variant", "extends"]), key),
+    st.one_of(value, st.dictionaries(key, value, max_size=5)),
+    max_size=6,
+)
 
 
 def _assert_clean(result) -> None:
@@ -58,8 +64,14 @@ def test_fuzzed_recipe_bytes(tmp_path_factory, text: str) -> None:
 
 
 @FUZZ
-@given(items=st.lists(st.tuples(st.lists(key, min_size=1, max_size=3).map(".".join),
-                                st.one_of(st.text(max_size=15), scalar.map(str))), max_size=3))
+@given(
+    items=st.lists(
+        st.tuples(
+            st.lists(key, min_size=1, max_size=3).map(".".join), st.one_of(st.text(max_size=15), scalar.map(str))
+        ),
+        max_size=3,
+    )
+)
 def test_fuzzed_set_overrides(items: list[tuple[str, str]]) -> None:
     args = ["train", str(RECIPES / "smoke.toml"), "--dry-run"]
     for dotted, raw in items:

@@ -23,8 +23,16 @@ from .conftest import RECIPES
 
 runner = CliRunner()
 EXPECTED = Path(__file__).parent / "expected"
-RICH = ["slurm.account=proj", "slurm.cpus_per_task=8", "slurm.mem=64G", "slurm.constraint=a100",
-        "slurm.gpus_per_node=4", "slurm.nodes=2", "slurm.time=1-02:00:00", 'slurm.extra.mail-type="END"']
+RICH = [
+    "slurm.account=proj",
+    "slurm.cpus_per_task=8",
+    "slurm.mem=64G",
+    "slurm.constraint=a100",
+    "slurm.gpus_per_node=4",
+    "slurm.nodes=2",
+    "slurm.time=1-02:00:00",
+    'slurm.extra.mail-type="END"',
+]
 
 
 def smoke(*overrides: str):
@@ -33,8 +41,13 @@ def smoke(*overrides: str):
 
 def test_sbatch_script_of_a_dependent_link_matches_the_checked_in_file() -> None:
     recipe = smoke(*RICH)
-    params = sbatch_parameters(recipe.slurm, Settings(slurm=SlurmDefaults(partition="gpu", qos="high")),
-                               SlurmFlags(), job_name="vlmtune-smoke-2of3", dependency="afterok:1234")
+    params = sbatch_parameters(
+        recipe.slurm,
+        Settings(slurm=SlurmDefaults(partition="gpu", qos="high")),
+        SlurmFlags(),
+        job_name="vlmtune-smoke-2of3",
+        dependency="afterok:1234",
+    )
     script = sbatch_script(params, Path("/runs/smoke/slurm"), python="/venv/bin/python")
     assert script == (EXPECTED / "sbatch_link2.sh").read_text()
 
@@ -54,10 +67,17 @@ def test_flags_beat_recipe_beat_workspace_defaults() -> None:
     assert cpu_ddp["ntasks_per_node"] == 2 and "additional_parameters" not in cpu_ddp
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("04:00:00", 4 * 3600), ("10", 600), ("1:30", 90), ("2-00", 2 * 86400), ("1-02:03", 86400 + 7200 + 180),
-    ("1-02:03:04", 86400 + 7200 + 180 + 4),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("04:00:00", 4 * 3600),
+        ("10", 600),
+        ("1:30", 90),
+        ("2-00", 2 * 86400),
+        ("1-02:03", 86400 + 7200 + 180),
+        ("1-02:03:04", 86400 + 7200 + 180 + 4),
+    ],
+)
 def test_slurm_time_forms(text: str, seconds: int) -> None:
     assert time_to_seconds(text) == seconds
 
@@ -85,8 +105,12 @@ def test_manifest_round_trip_and_corruption(tmp_path: Path) -> None:
     assert read_manifest(run.path) == manifest
     assert [link["stop_at_epoch"] for link in manifest["links"]] == [2, 4, None]
     assert not list(run.path.glob(".chain.json.*")), "no temporary file left behind"
-    for corrupt in ("{not json", json.dumps([1, 2]), json.dumps({**manifest, "format": 99}),
-                    json.dumps({**manifest, "links": manifest["links"][:2]})):
+    for corrupt in (
+        "{not json",
+        json.dumps([1, 2]),
+        json.dumps({**manifest, "format": 99}),
+        json.dumps({**manifest, "links": manifest["links"][:2]}),
+    ):
         (run.path / "chain.json").write_text(corrupt)
         with pytest.raises(UsageError, match="is corrupt"):
             read_manifest(run.path)

@@ -66,12 +66,17 @@ def mixed_rows(base: Path) -> list[dict]:
     """Images that are resized (some exactly, one not a fixed point of the resize), two images, text only."""
     return [
         {"id": "square", "messages": chat("Colour?", "red"), "images": [write_image(base / "img" / "a.png")]},
-        {"id": "wide", "messages": chat("Colour?", "blue", system="Be brief."),
-         "images": [write_image(base / "img" / "b.png", (300, 200), "blue")]},
-        {"id": "odd", "messages": chat("Colour?", "green"),
-         "images": [write_image(base / "img" / "c.png", (97, 131), "green")]},
-        {"id": "two", "messages": chat("Which is red?", "the first", images=2),
-         "images": ["img/a.png", "img/b.png"]},
+        {
+            "id": "wide",
+            "messages": chat("Colour?", "blue", system="Be brief."),
+            "images": [write_image(base / "img" / "b.png", (300, 200), "blue")],
+        },
+        {
+            "id": "odd",
+            "messages": chat("Colour?", "green"),
+            "images": [write_image(base / "img" / "c.png", (97, 131), "green")],
+        },
+        {"id": "two", "messages": chat("Which is red?", "the first", images=2), "images": ["img/a.png", "img/b.png"]},
         {"id": "text", "messages": chat("Say yes.", "yes", images=0)},
     ]
 
@@ -82,9 +87,13 @@ def mixed_rows(base: Path) -> list[dict]:
 def fake_model(path: Path) -> Path:
     """A model directory as far as the fingerprint cares: processor files and a weights file."""
     path.mkdir(parents=True, exist_ok=True)
-    for name, text in (("tokenizer.json", "{}"), ("config.json", '{"model_type": "qwen2_vl"}'),
-                       ("preprocessor_config.json", "{}"), ("model.safetensors", "weights"),
-                       ("generation_config.json", "{}")):
+    for name, text in (
+        ("tokenizer.json", "{}"),
+        ("config.json", '{"model_type": "qwen2_vl"}'),
+        ("preprocessor_config.json", "{}"),
+        ("model.safetensors", "weights"),
+        ("generation_config.json", "{}"),
+    ):
         (path / name).write_text(text)
     return path
 
@@ -92,9 +101,13 @@ def fake_model(path: Path) -> Path:
 @pytest.fixture
 def jsonl_recipe(workspace: Path) -> Path:
     fake_model(workspace / "model")
-    source = write_jsonl(workspace / "d" / "set.jsonl",
-                         [{"messages": chat("q", "a"), "images": [write_image(workspace / "d" / "img" / "a.png")]},
-                          {"messages": chat("q", "b"), "images": ["img/a.png"]}])
+    source = write_jsonl(
+        workspace / "d" / "set.jsonl",
+        [
+            {"messages": chat("q", "a"), "images": [write_image(workspace / "d" / "img" / "a.png")]},
+            {"messages": chat("q", "b"), "images": ["img/a.png"]},
+        ],
+    )
     recipe = workspace / "r.toml"
     recipe.write_text(f'extends = "{SMOKE}"\n[model]\nname = "{workspace / "model"}"\n[data]\nsource = "{source}"\n')
     return recipe
@@ -104,17 +117,37 @@ def key(recipe: Path, *overrides: str, cache_dir: Path = Path("c")) -> str:
     return cache.fingerprint(load_recipe(recipe, list(overrides)), cache_dir).key
 
 
-def test_fingerprint_changes_exactly_when_an_input_that_matters_changes(jsonl_recipe: Path, workspace: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fingerprint_changes_exactly_when_an_input_that_matters_changes(
+    jsonl_recipe: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     base = key(jsonl_recipe)
     assert key(jsonl_recipe) == base
-    matters = ["data.max_length=256", "data.min_pixels=3136", "data.max_pixels=100352", "tuning.loss_on=all",
-               "data.overlength=error", "data.max_samples=1", "data.seed=1", "data.split_ratio=0.5",
-               "data.train_split=fit", "data.test_split=eval", "model.revision=v2", "model.trust_remote_code=true"]
+    matters = [
+        "data.max_length=256",
+        "data.min_pixels=3136",
+        "data.max_pixels=100352",
+        "tuning.loss_on=all",
+        "data.overlength=error",
+        "data.max_samples=1",
+        "data.seed=1",
+        "data.split_ratio=0.5",
+        "data.train_split=fit",
+        "data.test_split=eval",
+        "model.revision=v2",
+        "model.trust_remote_code=true",
+    ]
     keys = {item: key(jsonl_recipe, item) for item in matters}
     assert base not in keys.values() and len(set(keys.values())) == len(matters), keys
-    irrelevant = ["training.lr=0.1", "variant=other", "tuning.vision=lora", "training.epochs=9",
-                  "data.num_samples=5", "data.options.colour='red'", "benchmark.task=vqa", "lora.r=4"]
+    irrelevant = [
+        "training.lr=0.1",
+        "variant=other",
+        "tuning.vision=lora",
+        "training.epochs=9",
+        "data.num_samples=5",
+        "data.options.colour='red'",
+        "benchmark.task=vqa",
+        "lora.r=4",
+    ]
     assert {item: key(jsonl_recipe, item) for item in irrelevant} == dict.fromkeys(irrelevant, base)
 
     image = workspace / "d" / "img" / "a.png"
@@ -144,9 +177,10 @@ def test_fingerprint_changes_exactly_when_an_input_that_matters_changes(jsonl_re
     assert key(jsonl_recipe) != base
 
 
-def test_a_hit_does_not_read_unchanged_files_again(jsonl_recipe: Path, workspace: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache, "_SETTLE_NS", -10**12)  # the files were written a moment ago
+def test_a_hit_does_not_read_unchanged_files_again(
+    jsonl_recipe: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache, "_SETTLE_NS", -(10**12))  # the files were written a moment ago
     reads: list[str] = []
     real = cache.file_digest
     monkeypatch.setattr(cache, "file_digest", lambda path: reads.append(Path(path).name) or real(path))
@@ -163,9 +197,10 @@ def test_a_hit_does_not_read_unchanged_files_again(jsonl_recipe: Path, workspace
     assert key(jsonl_recipe) != first and reads == ["a.png"]
 
 
-def test_remembered_digests_of_files_gone_or_changed_are_dropped(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache, "_SETTLE_NS", -10**12)
+def test_remembered_digests_of_files_gone_or_changed_are_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache, "_SETTLE_NS", -(10**12))
     files = {name: tmp_path / f"{name}.bin" for name in ("kept", "gone", "changed", "new")}
     for name, path in files.items():
         path.write_bytes(name.encode())
@@ -187,8 +222,9 @@ def test_remembered_digests_of_files_gone_or_changed_are_dropped(tmp_path: Path,
     assert remembered() == {"kept", "new"}
 
 
-def test_fingerprint_of_builtin_and_plugin_sources(jsonl_recipe: Path, workspace: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fingerprint_of_builtin_and_plugin_sources(
+    jsonl_recipe: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from vlmtune_cli.data import synthetic
 
     builtin = ("data.source=builtin:synthetic-detection",)
@@ -231,8 +267,9 @@ def _heavy_modules_after(argv: list[str], cwd: Path, cache_dir: Path) -> tuple[s
         f"print('HEAVY', ' '.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n"
     )
     env = {**os.environ, "VLMTUNE_CACHE_DIR": str(cache_dir)}
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=cwd, env=env,
-                          check=False, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=cwd, env=env, check=False, timeout=120
+    )
     last = done.stderr.strip().splitlines()[-1].split()
     assert last[0] == "HEAVY", done.stderr
     return done.stdout, set(last[1:])
@@ -268,8 +305,9 @@ def test_build_then_cache_hit_without_the_model_stack_and_force(workspace: Path,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shortcut", [True, False], ids=["ids-without-pixels", "full-processor"])
-def test_cached_batches_equal_the_in_memory_encoding(workspace: Path, cache_dir: Path, shortcut: bool,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cached_batches_equal_the_in_memory_encoding(
+    workspace: Path, cache_dir: Path, shortcut: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
     from vlmtune_cli.encode import inputs
@@ -314,16 +352,18 @@ def test_workers_write_the_same_cache(workspace: Path, cache_dir: Path, monkeypa
     two = as_json(*args, "--workers", "2", "--force")
     assert two["stats"]["workers"] == 2 and one["stats"]["workers"] == 1
     strip = ("build_seconds", "workers")
-    assert {k: v for k, v in one["stats"].items() if k not in strip} == \
-           {k: v for k, v in two["stats"].items() if k not in strip}
+    assert {k: v for k, v in one["stats"].items() if k not in strip} == {
+        k: v for k, v in two["stats"].items() if k not in strip
+    }
     result = build.tokenize_recipe(load_recipe(SMOKE, args[2::2]), cache_dir)
     assert result.hit and len(result.manifest["splits"]["train"]["shards"]) > 2
     columns = ("id", "input_ids", "labels", "images", "image_sizes", "image_grid_thw", "mm_token_type_ids")
     rows_two = build.read_rows(result, 100, columns)
     build.tokenize_recipe(load_recipe(SMOKE, args[2::2]), cache_dir, force=True, workers=1)
     again = build.tokenize_recipe(load_recipe(SMOKE, args[2::2]), cache_dir)
-    assert again.hit and len(again.manifest["splits"]["train"]["shards"]) < len(result.manifest["splits"]["train"]
-                                                                                ["shards"])
+    assert again.hit and len(again.manifest["splits"]["train"]["shards"]) < len(
+        result.manifest["splits"]["train"]["shards"]
+    )
     assert build.read_rows(again, 100, columns) == rows_two
 
 
@@ -338,10 +378,13 @@ def test_each_source_kind(workspace: Path) -> None:
     vqa = as_json(SMOKE, *sets("data.source=builtin:synthetic-vqa", *SMALL))
     assert vqa["counts"]["train"]["samples"] == 8
 
-    rows = [{"id": f"r{i}", "messages": chat("Colour?", "red"), "images": [Image.new("RGB", (64, 48), "red")]}
-            for i in range(5)]
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:3]),
-                          "test": datasets.Dataset.from_list(rows[3:])}).save_to_disk(workspace / "saved")
+    rows = [
+        {"id": f"r{i}", "messages": chat("Colour?", "red"), "images": [Image.new("RGB", (64, 48), "red")]}
+        for i in range(5)
+    ]
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows[:3]), "test": datasets.Dataset.from_list(rows[3:])}
+    ).save_to_disk(workspace / "saved")
     folder = as_json(SMOKE, *sets(f"data.source={workspace / 'saved'}"))
     assert (folder["counts"]["train"]["samples"], folder["counts"]["test"]["samples"]) == (3, 2)
 
@@ -353,7 +396,8 @@ def test_each_source_kind(workspace: Path) -> None:
         "    user = [{'type': 'image'}, {'type': 'text', 'text': 'Colour?'}]\n"
         "    answer = [{'type': 'text', 'text': dataset_config.options['colour']}]\n"
         "    return [{'messages': [{'role': 'user', 'content': user}, {'role': 'assistant', 'content': answer}],\n"
-        "             'images': [Image.new('RGB', (56, 56), 'blue')]} for _ in range(n)]\n")
+        "             'images': [Image.new('RGB', (56, 56), 'blue')]} for _ in range(n)]\n"
+    )
     plugin = as_json(SMOKE, *sets("data.source=my_data.py:get_custom_dataset", "data.options.colour='blue'"))
     assert (plugin["counts"]["train"]["samples"], plugin["counts"]["test"]["samples"]) == (4, 2)
 
@@ -363,20 +407,26 @@ def test_each_source_kind(workspace: Path) -> None:
 
 @pytest.mark.slow
 def test_show_marks_exactly_the_assistant_tokens(workspace: Path) -> None:
-    rows = [{"id": "v2", "images": [write_image(workspace / "img" / "a.png")],
-             "messages": [*chat("Colour?", "red square", system="You find colours."),
-                          {"role": "user", "content": [{"type": "text", "text": "And the assistant's?"}]},
-                          {"role": "assistant", "content": [{"type": "text", "text": "none, assistant"}]}]}]
+    rows = [
+        {
+            "id": "v2",
+            "images": [write_image(workspace / "img" / "a.png")],
+            "messages": [
+                *chat("Colour?", "red square", system="You find colours."),
+                {"role": "user", "content": [{"type": "text", "text": "And the assistant's?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "none, assistant"}]},
+            ],
+        }
+    ]
     source = write_jsonl(workspace / "one.jsonl", rows)
     result = tokenize(SMOKE, *sets(f"data.source={source}", "data.split_ratio=1.0"), "--show", "1")
-    shown = result.stdout[result.stdout.index("── train · v2"):]
+    shown = result.stdout[result.stdout.index("── train · v2") :]
     assert re.findall(r"⟦(.*?)⟧", shown, flags=re.S) == ["red square<|im_end|>", "none, assistant<|im_end|>"]
     assert shown.count("‹image ×64›") == 1 and "<|image_pad|>" not in shown
     assert "<|im_start|>assistant\n⟦red square" in shown, "the assistant header itself is masked"
     payload = as_json(SMOKE, *sets(f"data.source={source}", "data.split_ratio=1.0"), "--show", "1")
     kinds = [(part["kind"], part["text"]) for part in payload["samples"][0]["segments"]]
-    assert [text for kind, text in kinds if kind == "trained"] == ["red square<|im_end|>",
-                                                                    "none, assistant<|im_end|>"]
+    assert [text for kind, text in kinds if kind == "trained"] == ["red square<|im_end|>", "none, assistant<|im_end|>"]
     assert ("image", "‹image ×64›") in kinds
 
 
@@ -389,8 +439,14 @@ def cache_entries(cache_dir: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_overlength_drop_is_counted_and_error_builds_nothing(workspace: Path, cache_dir: Path) -> None:
-    rows = [{"id": f"s{i}", "messages": chat("Colour?" + " please" * (40 * (i % 2)), "red"),
-             "images": [write_image(workspace / "img" / "a.png")]} for i in range(6)]
+    rows = [
+        {
+            "id": f"s{i}",
+            "messages": chat("Colour?" + " please" * (40 * (i % 2)), "red"),
+            "images": [write_image(workspace / "img" / "a.png")],
+        }
+        for i in range(6)
+    ]
     source = write_jsonl(workspace / "long.jsonl", rows)
     data = (f"data.source={source}", "data.split_ratio=1.0")
     dropped = tokenize(SMOKE, *sets(*data, "data.max_length=120"))
@@ -410,13 +466,21 @@ def test_bad_inputs_are_messages_and_build_nothing(workspace: Path, cache_dir: P
     (workspace / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     before = cache_entries(cache_dir)
     cases = {
-        "missing": ([{"id": "m1", "messages": chat("q", "a"), "images": ["ok.png"]},
-                     {"id": "m2", "messages": chat("q", "a"), "images": ["gone.png"]}],
-                    r"line 2 \(id m2\): image \S*gone\.png does not exist"),
-        "corrupt": ([{"id": "c1", "messages": chat("q", "a"), "images": ["bad.png"]}],
-                    r"line 1 \(id c1\): image \S*bad\.png cannot be read"),
-        "unanswered": ([{"id": "u1", "messages": chat("q", None), "images": ["ok.png"]}],
-                       r"split 'train' of \S+ has no trainable sample \(train: dropped 1 with no trained token"),
+        "missing": (
+            [
+                {"id": "m1", "messages": chat("q", "a"), "images": ["ok.png"]},
+                {"id": "m2", "messages": chat("q", "a"), "images": ["gone.png"]},
+            ],
+            r"line 2 \(id m2\): image \S*gone\.png does not exist",
+        ),
+        "corrupt": (
+            [{"id": "c1", "messages": chat("q", "a"), "images": ["bad.png"]}],
+            r"line 1 \(id c1\): image \S*bad\.png cannot be read",
+        ),
+        "unanswered": (
+            [{"id": "u1", "messages": chat("q", None), "images": ["ok.png"]}],
+            r"split 'train' of \S+ has no trainable sample \(train: dropped 1 with no trained token",
+        ),
         "empty": ([], r"gives no samples for split 'train'"),
     }
     for name, (rows, message) in cases.items():
@@ -426,15 +490,23 @@ def test_bad_inputs_are_messages_and_build_nothing(workspace: Path, cache_dir: P
         assert "Traceback" not in result.output
     assert cache_entries(cache_dir) == before
 
-    mixed = write_jsonl(workspace / "mixed.jsonl", [{"id": "u1", "messages": chat("q", None), "images": ["ok.png"]},
-                                                    {"id": "ok", "messages": chat("q", "a"), "images": ["ok.png"]}])
+    mixed = write_jsonl(
+        workspace / "mixed.jsonl",
+        [
+            {"id": "u1", "messages": chat("q", None), "images": ["ok.png"]},
+            {"id": "ok", "messages": chat("q", "a"), "images": ["ok.png"]},
+        ],
+    )
     kept = tokenize(SMOKE, *sets(f"data.source={mixed}", "data.split_ratio=1.0"))
     assert "train: dropped 1 with no trained token (u1)" in kept.stdout
 
-    (workspace / "plug.py").write_text("def wrong(dataset_config, processor, split, split_ratio):\n"
-                                       "    return {'rows': []}\n")
-    for function, message in (("nothing", "has no function 'nothing'"),
-                              ("wrong", "plug.py:wrong returned a dict for split 'train'")):
+    (workspace / "plug.py").write_text(
+        "def wrong(dataset_config, processor, split, split_ratio):\n    return {'rows': []}\n"
+    )
+    for function, message in (
+        ("nothing", "has no function 'nothing'"),
+        ("wrong", "plug.py:wrong returned a dict for split 'train'"),
+    ):
         result = tokenize(SMOKE, *sets(f"data.source=plug.py:{function}"), code=2)
         assert message in result.stderr and "Traceback" not in result.output
 
@@ -448,8 +520,13 @@ def test_a_killed_build_leaves_nothing_that_looks_complete(workspace: Path, cach
     source = write_jsonl(workspace / "set.jsonl", rows)
     argv = ["tokenize", SMOKE, *sets(f"data.source={source}", "data.split_ratio=1.0")]
     env = {**os.environ, "VLMTUNE_CACHE_DIR": str(cache_dir)}
-    process = subprocess.Popen([sys.executable, "-c", "from vlmtune_cli.cli import main; main()", *argv],
-                               cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from vlmtune_cli.cli import main; main()", *argv],
+        cwd=workspace,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 90
         while not list((cache_dir / "tokenized").glob(".*.building-*/train")):
@@ -461,8 +538,10 @@ def test_a_killed_build_leaves_nothing_that_looks_complete(workspace: Path, cach
         process.wait()
     recipe = load_recipe(SMOKE, argv[3::2])
     fp = cache.fingerprint(recipe, cache_dir)
-    assert not cache.entry_path(cache_dir, fp.key).exists() and cache.read_entry(cache.entry_path(cache_dir, fp.key)) \
-        is None
+    assert (
+        not cache.entry_path(cache_dir, fp.key).exists()
+        and cache.read_entry(cache.entry_path(cache_dir, fp.key)) is None
+    )
     assert list((cache_dir / "tokenized").glob(f".{fp.key}.building-*")), "the staging directory stays behind"
 
     (workspace / "slow.png").unlink()

@@ -18,8 +18,15 @@ pytestmark = pytest.mark.slow
 runner = CliRunner()
 
 # A small smoke run: 24 samples → 19 train → 5 steps per epoch at batch 4; a checkpoint every 3 steps.
-SMALL = ["data.num_samples=24", "data.max_samples=24", "training.epochs=2", "training.save_steps=3",
-         "training.save_total_limit=20", "training.eval_steps=5", "training.logging_steps=1"]
+SMALL = [
+    "data.num_samples=24",
+    "data.max_samples=24",
+    "training.epochs=2",
+    "training.save_steps=3",
+    "training.save_total_limit=20",
+    "training.eval_steps=5",
+    "training.logging_steps=1",
+]
 FULL = ["tuning.vision=full", "tuning.projector=full", "tuning.llm=frozen"]  # the v3 shape
 
 
@@ -86,8 +93,11 @@ def test_lora_resume_equals_uninterrupted_run(workspace: Path) -> None:
     # Killed mid-epoch 1 right after checkpoint 3; checkpoint 6 was being written (no COMPLETE marker).
     copy = interrupt_after(run, 6, workspace / "second")
     (copy / "checkpoints" / "checkpoint-6" / "COMPLETE").unlink()
-    result = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), *sum((["--set", s] for s in SMALL), [])],
-                           env={"VLMTUNE_RUNS_DIR": str(workspace / "second")})
+    result = runner.invoke(
+        app,
+        ["train", str(RECIPES / "smoke.toml"), *sum((["--set", s] for s in SMALL), [])],
+        env={"VLMTUNE_RUNS_DIR": str(workspace / "second")},
+    )
     assert result.exit_code == 0, result.output
     assert "skipping incomplete checkpoint" in result.stderr and "checkpoint-6" in result.stderr
     assert "resuming from" in result.stderr and "checkpoint-3 (step 3" in result.stderr
@@ -101,16 +111,17 @@ def test_lora_resume_equals_uninterrupted_run(workspace: Path) -> None:
         assert_bitwise_equal(at_checkpoint, reference)  # training did move the weights after step 3
 
 
-def test_full_fine_tuning_resume_restores_weights_and_frozen_llm_is_untouched(workspace: Path,
-                                                                               cache_dir: Path) -> None:
+def test_full_fine_tuning_resume_restores_weights_and_frozen_llm_is_untouched(workspace: Path, cache_dir: Path) -> None:
     import torch
 
     run = train(*FULL)
     reference = tensors(run / "final" / "model.safetensors")
     copy = interrupt_after(run, 3, workspace / "second")
-    result = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"),
-                                 *sum((["--set", s] for s in (*SMALL, *FULL)), [])],
-                           env={"VLMTUNE_RUNS_DIR": str(workspace / "second")})
+    result = runner.invoke(
+        app,
+        ["train", str(RECIPES / "smoke.toml"), *sum((["--set", s] for s in (*SMALL, *FULL)), [])],
+        env={"VLMTUNE_RUNS_DIR": str(workspace / "second")},
+    )
     assert result.exit_code == 0, result.output
     assert "checkpoint-3 (step 3" in result.stderr
     assert_bitwise_equal(tensors(copy / "final" / "model.safetensors"), reference)
@@ -121,13 +132,15 @@ def test_full_fine_tuning_resume_restores_weights_and_frozen_llm_is_untouched(wo
     frozen = [k for k in reference if not k.startswith("visual.")]
     assert frozen and trained
     assert all(torch.equal(reference[k], base[k]) for k in frozen), "a frozen LLM weight changed"
-    assert all(not torch.equal(reference[k], base[k]) for k in trained if k.endswith("weight")), \
+    assert all(not torch.equal(reference[k], base[k]) for k in trained if k.endswith("weight")), (
         "a vision or merger weight did not train"
+    )
 
 
 @pytest.mark.parametrize("tuning", [(), tuple(FULL)], ids=["lora", "full"])
-def test_skipping_the_trainers_module_walks_changes_nothing_but_speed(workspace: Path, tuning: tuple,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_skipping_the_trainers_module_walks_changes_nothing_but_speed(
+    workspace: Path, tuning: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """step_overhead.py: weights, gradient norms and FLOP counts equal those of Trainer's own per-step walks."""
     from vlmtune_cli.train import step_overhead
 
@@ -136,8 +149,7 @@ def test_skipping_the_trainers_module_walks_changes_nothing_but_speed(workspace:
         monkeypatch.setenv("VLMTUNE_RUNS_DIR", str(workspace / where))
         path = workspace / where / "smoke"
         train("training.epochs=1", *tuning)
-        weights = next(f for f in ("adapter_model.safetensors", "model.safetensors")
-                       if (path / "final" / f).exists())
+        weights = next(f for f in ("adapter_model.safetensors", "model.safetensors") if (path / "final" / f).exists())
         history = json.loads((path / "summary.json").read_text())["log_history"]
         logged = [(h.get("grad_norm"), h.get("total_flos"), h.get("loss")) for h in history]
         return tensors(path / "final" / weights), logged
@@ -149,14 +161,25 @@ def test_skipping_the_trainers_module_walks_changes_nothing_but_speed(workspace:
 
 def test_finished_run_and_other_recipe_are_refused_without_overwrite(workspace: Path) -> None:
     train("training.epochs=1")
-    again = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), *sum((["--set", s] for s in SMALL), []),
-                                "--set", "training.epochs=1"])
+    again = runner.invoke(
+        app,
+        ["train", str(RECIPES / "smoke.toml"), *sum((["--set", s] for s in SMALL), []), "--set", "training.epochs=1"],
+    )
     assert again.exit_code == 2 and "already holds a finished run" in again.stderr
     other = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), "--set", "training.lr=0.1"])
     assert other.exit_code == 2 and "holds a run of a different recipe" in other.stderr
     assert "training.lr" in other.stderr
-    fresh = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), *sum((["--set", s] for s in SMALL), []),
-                                "--set", "training.epochs=1", "--overwrite"])
+    fresh = runner.invoke(
+        app,
+        [
+            "train",
+            str(RECIPES / "smoke.toml"),
+            *sum((["--set", s] for s in SMALL), []),
+            "--set",
+            "training.epochs=1",
+            "--overwrite",
+        ],
+    )
     assert fresh.exit_code == 0, fresh.output
 
 
@@ -167,7 +190,15 @@ def test_resume_flag_without_checkpoint_is_a_usage_error(workspace: Path) -> Non
 
 
 def test_unknown_training_extra_key_is_named(workspace: Path) -> None:
-    result = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), *sum((["--set", s] for s in SMALL), []),
-                                "--set", "training.extra.warmup_ratoi=0.1"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(RECIPES / "smoke.toml"),
+            *sum((["--set", s] for s in SMALL), []),
+            "--set",
+            "training.extra.warmup_ratoi=0.1",
+        ],
+    )
     assert result.exit_code == 2
     assert "training.extra.warmup_ratoi: not an SFTConfig/TrainingArguments field" in result.stderr

@@ -14,8 +14,14 @@ from vlmtune_cli.cli import app
 from .conftest import RECIPES
 
 # 16 samples, 2 steps at batch 4, a checkpoint after each step, no evaluation: a few seconds.
-TINY_RUN = ["data.num_samples=16", "data.max_samples=16", "training.max_steps=2", "training.save_steps=1",
-            "training.logging_steps=1", "training.eval_steps=100"]
+TINY_RUN = [
+    "data.num_samples=16",
+    "data.max_samples=16",
+    "training.max_steps=2",
+    "training.save_steps=1",
+    "training.logging_steps=1",
+    "training.eval_steps=100",
+]
 
 
 @functools.cache

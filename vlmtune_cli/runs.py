@@ -33,8 +33,18 @@ from vlmtune_cli.errors import UsageError
 
 COMPLETE_MARKER = "COMPLETE"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-_RECORDED_PACKAGES = ("vlmtune", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",
-                      "submitit", "pillow")
+_RECORDED_PACKAGES = (
+    "vlmtune",
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "accelerate",
+    "datasets",
+    "tokenizers",
+    "submitit",
+    "pillow",
+)
 
 
 @dataclass(frozen=True)
@@ -137,8 +147,10 @@ def prepare_run_dir(run: RunDir, recipe: Recipe, *, overwrite: bool) -> None:
         run.path.mkdir(parents=True, exist_ok=True)
         write_atomic(run.recipe_file, dump_recipe(recipe))
     except OSError as exc:
-        raise UsageError(f"cannot write the run directory {run.path}: {exc.strerror or exc}",
-                         hint="set runs_dir in vlmtune.toml or VLMTUNE_RUNS_DIR to a writable folder") from None
+        raise UsageError(
+            f"cannot write the run directory {run.path}: {exc.strerror or exc}",
+            hint="set runs_dir in vlmtune.toml or VLMTUNE_RUNS_DIR to a writable folder",
+        ) from None
 
 
 def write_env(run: RunDir, argv: list[str] | None = None) -> None:
@@ -165,8 +177,9 @@ def write_env(run: RunDir, argv: list[str] | None = None) -> None:
 def _git_commit(directory: Path) -> str | None:
     """The commit checked out where `directory` lies (the workspace, or vlmtune's own source), if any."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
-                             cwd=directory)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False, cwd=directory
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None

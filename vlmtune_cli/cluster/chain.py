@@ -13,7 +13,6 @@ A submission that fails halfway leaves the manifest with the links that were sub
 error of the one that was not; `chain resume` submits the rest.
 """
 
-
 from __future__ import annotations
 
 import os
@@ -60,11 +59,19 @@ def link_specs(recipe: Recipe, settings: Settings, argv: list[str]) -> list[Any]
     from vlmtune_cli.cluster.sbatch import LinkSpec
 
     data = recipe.model_dump(mode="json")
-    return [LinkSpec(recipe=data, link=k, total_jobs=recipe.chain.total_jobs,
-                     epochs_per_job=recipe.chain.epochs_per_job, cwd=os.getcwd(),
-                     runs_dir=str(Path(settings.runs_dir).resolve()), cache_dir=str(Path(settings.cache_dir).resolve()),
-                     argv=list(argv))
-            for k in range(1, recipe.chain.total_jobs + 1)]
+    return [
+        LinkSpec(
+            recipe=data,
+            link=k,
+            total_jobs=recipe.chain.total_jobs,
+            epochs_per_job=recipe.chain.epochs_per_job,
+            cwd=os.getcwd(),
+            runs_dir=str(Path(settings.runs_dir).resolve()),
+            cache_dir=str(Path(settings.cache_dir).resolve()),
+            argv=list(argv),
+        )
+        for k in range(1, recipe.chain.total_jobs + 1)
+    ]
 
 
 def run_link(spec: Any, *, job_id: str | None = None, attempt: int = 0) -> dict[str, Any]:
@@ -76,14 +83,24 @@ def run_link(spec: Any, *, job_id: str | None = None, attempt: int = 0) -> dict[
     settings = spec.settings()
     run = run_dir_for(recipe, settings.runs_dir)
     previous = read_link_record(run.path, spec.link)
-    history = (previous.get("history", []) + [{k: v for k, v in previous.items() if k != "history"}]
-               if previous else [])
+    history = previous.get("history", []) + [{k: v for k, v in previous.items() if k != "history"}] if previous else []
     epoch_start, _ = trained_epochs(run, recipe.training.epochs)
     record: dict[str, Any] = {
-        "link": spec.link, "state": "running", "job_id": job_id, "attempt": attempt, "host": socket.gethostname(),
-        "world_size": int(os.environ.get("WORLD_SIZE", "1") or 1), "stop_at_epoch": spec.stop_at_epoch,
-        "started": now(), "ended": None, "epoch_start": epoch_start, "epoch_end": None, "global_step": None,
-        "checkpoint": None, "error": None, "history": history,
+        "link": spec.link,
+        "state": "running",
+        "job_id": job_id,
+        "attempt": attempt,
+        "host": socket.gethostname(),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1") or 1),
+        "stop_at_epoch": spec.stop_at_epoch,
+        "started": now(),
+        "ended": None,
+        "epoch_start": epoch_start,
+        "epoch_end": None,
+        "global_step": None,
+        "checkpoint": None,
+        "error": None,
+        "history": history,
     }
     if link_trained(run, spec.stop_at_epoch, recipe.training.epochs):
         record.update(state="done", ended=now(), epoch_end=epoch_start, note="already trained: nothing to do")
@@ -101,8 +118,13 @@ def run_link(spec: Any, *, job_id: str | None = None, attempt: int = 0) -> dict[
     done = result.final_dir is not None or link_trained(run, spec.stop_at_epoch, recipe.training.epochs)
     if int(os.environ.get("RANK", "0") or 0) != 0:
         done = done or not stop_requested()
-    record.update(state="done" if done else "interrupted", ended=now(), epoch_end=epoch_end,
-                  global_step=result.global_step, checkpoint=str(checkpoint) if checkpoint else None)
+    record.update(
+        state="done" if done else "interrupted",
+        ended=now(),
+        epoch_end=epoch_end,
+        global_step=result.global_step,
+        checkpoint=str(checkpoint) if checkpoint else None,
+    )
     if done:
         _benchmark_at_end(spec, recipe, run, settings, record)
     write_link_record(run.path, record)
@@ -115,8 +137,12 @@ def _benchmark_at_end(spec: Any, recipe: Recipe, run: RunDir, settings: Settings
     A failing benchmark does not fail the link: training is done and saved. The error goes into the link record
     (and `chain status`); `vlmtune benchmark RUN_DIR` repeats it by hand.
     """
-    if (spec.stop_at_epoch is not None or not recipe.chain.benchmark_at_end or not run.is_finished()
-            or int(os.environ.get("RANK", "0") or 0) != 0):
+    if (
+        spec.stop_at_epoch is not None
+        or not recipe.chain.benchmark_at_end
+        or not run.is_finished()
+        or int(os.environ.get("RANK", "0") or 0) != 0
+    ):
         return
     from vlmtune_cli.eval import benchmark
 
@@ -136,8 +162,15 @@ def _benchmark_at_end(spec: Any, recipe: Recipe, run: RunDir, settings: Settings
 # --- submit / resume / cancel --------------------------------------------------------------------
 
 
-def _submit_links(manifest: dict[str, Any], run: RunDir, specs: list[Any], settings: Settings, first: int,
-                  after: str | None, flags: Any) -> list[str]:
+def _submit_links(
+    manifest: dict[str, Any],
+    run: RunDir,
+    specs: list[Any],
+    settings: Settings,
+    first: int,
+    after: str | None,
+    flags: Any,
+) -> list[str]:
     """Submit links `first`..N (each afterok on the previous), recording each in the manifest as it goes."""
     from vlmtune_cli.cluster.sbatch import ChainLink, make_executor, sbatch_parameters, submit_job
 
@@ -145,11 +178,15 @@ def _submit_links(manifest: dict[str, Any], run: RunDir, specs: list[Any], setti
     folder = Path(manifest["submitit_folder"])
     submitted = []
     previous = after
-    for spec in specs[first - 1:]:
+    for spec in specs[first - 1 :]:
         entry = manifest["links"][spec.link - 1]
-        params = sbatch_parameters(recipe.slurm, settings, flags,
-                                   job_name=f"vlmtune-{recipe.variant}-{spec.link}of{spec.total_jobs}",
-                                   dependency=f"afterok:{previous}" if previous else None)
+        params = sbatch_parameters(
+            recipe.slurm,
+            settings,
+            flags,
+            job_name=f"vlmtune-{recipe.variant}-{spec.link}of{spec.total_jobs}",
+            dependency=f"afterok:{previous}" if previous else None,
+        )
         try:
             executor = make_executor(folder, params, python=manifest.get("python"))
             job_id = submit_job(executor, ChainLink(spec))
@@ -157,10 +194,13 @@ def _submit_links(manifest: dict[str, Any], run: RunDir, specs: list[Any], setti
             entry["error"] = exc.message
             write_manifest(run.path, manifest)
             if submitted:
-                exc.message += (f" (links {first}-{spec.link - 1} were submitted: jobs {', '.join(submitted)}; "
-                                f"recorded in {manifest_path(run.path)})")
-                exc.hint = (exc.hint + "; " if exc.hint else "") + \
-                    "`vlmtune chain resume` submits the rest, `vlmtune chain cancel` cancels those"
+                exc.message += (
+                    f" (links {first}-{spec.link - 1} were submitted: jobs {', '.join(submitted)}; "
+                    f"recorded in {manifest_path(run.path)})"
+                )
+                exc.hint = (
+                    exc.hint + "; " if exc.hint else ""
+                ) + "`vlmtune chain resume` submits the rest, `vlmtune chain cancel` cancels those"
             raise
         entry.update(job_id=job_id, error=None)
         entry["submissions"].append({"job_id": job_id, "submitted_at": now(), "parameters": params})
@@ -174,8 +214,13 @@ def _flags_dict(flags: Any) -> dict[str, Any]:
     return {k: v for k, v in flags.__dict__.items() if v is not None}
 
 
-def submit_chain(recipe: Recipe, recipe_path: Path | None, settings: Settings, flags: Any, argv: list[str],
-                 ) -> tuple[dict[str, Any], list[str]]:
+def submit_chain(
+    recipe: Recipe,
+    recipe_path: Path | None,
+    settings: Settings,
+    flags: Any,
+    argv: list[str],
+) -> tuple[dict[str, Any], list[str]]:
     """Submit every link of the (effective) recipe's chain; returns the manifest and the job ids."""
     from vlmtune_cli.cluster.sbatch import require_sbatch
 
@@ -187,7 +232,7 @@ def submit_chain(recipe: Recipe, recipe_path: Path | None, settings: Settings, f
             raise UsageError(
                 f"{run.path} already has a chain ({MANIFEST}); two chains cannot write one run directory",
                 hint="`vlmtune chain status` / `vlmtune chain resume` for that one, or give this recipe its own "
-                     "`variant`",
+                "`variant`",
             )
     prepare_run_dir(run, recipe, overwrite=False)
     manifest = new_manifest(recipe, run, "slurm", recipe_path, argv, _flags_dict(flags))
@@ -227,8 +272,10 @@ def resume_chain(run_dir: Path, settings: Settings, flags: Any, argv: list[str])
         raise UsageError(f"nothing to resume: link {todo[0].link} is {todo[0].state}")
     later_active = [r for r in rows if r.link > first.link and r.active]
     if later_active:
-        raise UsageError(f"link {later_active[0].link} is still {later_active[0].state} after link {first.link}",
-                         hint="`vlmtune chain cancel` first, then resume")
+        raise UsageError(
+            f"link {later_active[0].link} is still {later_active[0].state} after link {first.link}",
+            hint="`vlmtune chain cancel` first, then resume",
+        )
     require_sbatch()
     before = rows[first.link - 2] if first.link > 1 else None
     after = before.job_id if before is not None and before.active else None
@@ -252,8 +299,9 @@ def cancel_chain(run_dir: Path) -> list[str]:
     ids = [r.job_id for r in rows if r.job_id and not r.done and (r.active or r.state in ("UNKNOWN", "RUNNING?"))]
     if ids:
         try:
-            proc = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=SLURM_TIMEOUT_S,
-                                  check=False)
+            proc = subprocess.run(
+                ["scancel", *ids], capture_output=True, text=True, timeout=SLURM_TIMEOUT_S, check=False
+            )
         except FileNotFoundError:
             raise UsageError("no `scancel` on PATH: this machine cannot talk to SLURM") from None
         except subprocess.TimeoutExpired:
@@ -268,8 +316,12 @@ def cancel_chain(run_dir: Path) -> list[str]:
 # --- here, without SLURM -------------------------------------------------------------------------
 
 
-def run_chain_locally(recipe: Recipe, recipe_path: Path | None, settings: Settings, argv: list[str],
-                      ) -> list[dict[str, Any]]:
+def run_chain_locally(
+    recipe: Recipe,
+    recipe_path: Path | None,
+    settings: Settings,
+    argv: list[str],
+) -> list[dict[str, Any]]:
     """Run the links one after another in this process (the same `run_link` a SLURM job runs)."""
     run = run_dir_for(recipe, settings.runs_dir)
     if manifest_path(run.path).exists():
@@ -277,11 +329,13 @@ def run_chain_locally(recipe: Recipe, recipe_path: Path | None, settings: Settin
         if existing["backend"] == "slurm":
             _, rows = chain_status(run.path)
             if any(r.active for r in rows):
-                raise UsageError(f"{run.path} has a SLURM chain in progress",
-                                 hint="`vlmtune chain cancel` it first, or wait for it")
+                raise UsageError(
+                    f"{run.path} has a SLURM chain in progress", hint="`vlmtune chain cancel` it first, or wait for it"
+                )
         if existing["recipe"] != recipe.model_dump(mode="json"):
-            raise UsageError(f"{run.path} holds a chain of a different recipe or length",
-                             hint="give this recipe its own `variant`")
+            raise UsageError(
+                f"{run.path} holds a chain of a different recipe or length", hint="give this recipe its own `variant`"
+            )
     else:
         prepare_run_dir(run, recipe, overwrite=False)
         write_manifest(run.path, new_manifest(recipe, run, "local", recipe_path, argv))

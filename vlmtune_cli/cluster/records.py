@@ -58,18 +58,22 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     """The manifest of `run_dir`. UsageError when there is none or it is corrupt."""
     path = manifest_path(run_dir)
     if not path.is_file():
-        raise UsageError(f"{run_dir} has no chain ({MANIFEST} is missing)",
-                         hint="start one with `vlmtune submit RECIPE --chain N` or `vlmtune chain run RECIPE`")
+        raise UsageError(
+            f"{run_dir} has no chain ({MANIFEST} is missing)",
+            hint="start one with `vlmtune submit RECIPE --chain N` or `vlmtune chain run RECIPE`",
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"the chain manifest {path} is corrupt: {exc}",
-                         hint="its job ids are in the sbatch logs under <run_dir>/slurm/; "
-                              "delete the run directory to start over") from None
+        raise UsageError(
+            f"the chain manifest {path} is corrupt: {exc}",
+            hint="its job ids are in the sbatch logs under <run_dir>/slurm/; delete the run directory to start over",
+        ) from None
     problems = _manifest_problems(data)
     if problems:
-        raise UsageError(f"the chain manifest {path} is corrupt: {problems}",
-                         hint="delete the run directory to start over") from None
+        raise UsageError(
+            f"the chain manifest {path} is corrupt: {problems}", hint="delete the run directory to start over"
+        ) from None
     return data
 
 
@@ -78,8 +82,13 @@ def _manifest_problems(data: Any) -> str | None:
         return "not a JSON object"
     if data.get("format") != FORMAT:
         return f"unknown format {data.get('format')!r} (expected {FORMAT})"
-    for key, kind in (("recipe", dict), ("links", list), ("total_jobs", int), ("epochs_per_job", int),
-                      ("backend", str)):
+    for key, kind in (
+        ("recipe", dict),
+        ("links", list),
+        ("total_jobs", int),
+        ("epochs_per_job", int),
+        ("backend", str),
+    ):
         if not isinstance(data.get(key), kind):
             return f"`{key}` is missing or not a {kind.__name__}"
     if len(data["links"]) != data["total_jobs"]:
@@ -94,8 +103,14 @@ def _manifest_problems(data: Any) -> str | None:
     return None
 
 
-def new_manifest(recipe: Recipe, run: RunDir, backend: str, recipe_path: Path | None, argv: list[str],
-                 slurm_flags: dict[str, Any] | None = None) -> dict[str, Any]:
+def new_manifest(
+    recipe: Recipe,
+    run: RunDir,
+    backend: str,
+    recipe_path: Path | None,
+    argv: list[str],
+    slurm_flags: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "backend": backend,
@@ -112,9 +127,16 @@ def new_manifest(recipe: Recipe, run: RunDir, backend: str, recipe_path: Path | 
         "total_epochs": recipe.training.epochs,
         "slurm_flags": slurm_flags or {},
         "submitit_folder": str((run.path / "slurm").resolve()),
-        "links": [{"link": k, "stop_at_epoch": None if k == recipe.chain.total_jobs
-                   else k * recipe.chain.epochs_per_job, "job_id": None, "submissions": [], "error": None}
-                  for k in range(1, recipe.chain.total_jobs + 1)],
+        "links": [
+            {
+                "link": k,
+                "stop_at_epoch": None if k == recipe.chain.total_jobs else k * recipe.chain.epochs_per_job,
+                "job_id": None,
+                "submissions": [],
+                "error": None,
+            }
+            for k in range(1, recipe.chain.total_jobs + 1)
+        ],
     }
 
 

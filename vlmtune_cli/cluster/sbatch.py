@@ -87,8 +87,9 @@ def time_to_seconds(text: str) -> int:
     return total
 
 
-def sbatch_parameters(slurm: Any, settings: Settings, flags: SlurmFlags, *, job_name: str,
-                      dependency: str | None = None) -> dict[str, Any]:
+def sbatch_parameters(
+    slurm: Any, settings: Settings, flags: SlurmFlags, *, job_name: str, dependency: str | None = None
+) -> dict[str, Any]:
     """The parameters for submitit's `SlurmExecutor.update_parameters` (native sbatch names)."""
     time_text = flags.time if flags.time is not None else slurm.time
     seconds = time_to_seconds(time_text)
@@ -152,8 +153,7 @@ def require_sbatch() -> None:
 def make_executor(folder: Path, params: dict[str, Any], python: str | None = None) -> Any:
     """A SlurmExecutor logging to `folder/<job id>_0_log.out`; a link is requeued up to MAX_NUM_TIMEOUT times."""
     require_sbatch()
-    executor = submitit.SlurmExecutor(folder=Path(folder), max_num_timeout=MAX_NUM_TIMEOUT,
-                                      python=python)
+    executor = submitit.SlurmExecutor(folder=Path(folder), max_num_timeout=MAX_NUM_TIMEOUT, python=python)
     try:
         executor.update_parameters(**params)
     except ValueError as exc:
@@ -171,8 +171,7 @@ def submit_job(executor: Any, function: Any) -> str:
         if "generic resource" in message.lower() or "gres" in message.lower():
             raise UsageError(
                 f"SLURM refused the GPU request: {detail}",
-                hint="this cluster has no such GPUs: set slurm.gpus_per_node = 0 in the recipe "
-                     "(or --gpus-per-node 0)",
+                hint="this cluster has no such GPUs: set slurm.gpus_per_node = 0 in the recipe (or --gpus-per-node 0)",
             ) from None
         if "unable to contact" in message.lower() or "connect" in message.lower():
             raise VlmtuneError(f"SLURM did not answer: {detail}", hint="is the cluster up? (`sinfo`)") from None

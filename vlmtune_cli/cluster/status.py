@@ -17,8 +17,21 @@ from typing import Any
 from vlmtune_cli.cluster.records import link_trained, read_link_record, read_manifest, trained_epochs
 from vlmtune_cli.runs import RunDir
 
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
-          "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
+ACTIVE = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "CONFIGURING",
+    "COMPLETING",
+    "RESIZING",
+    "SUSPENDED",
+    "STOPPED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "RESV_DEL_HOLD",
+}
 SLURM_TIMEOUT_S = 10
 
 
@@ -76,23 +89,26 @@ def chain_status(run_dir: Path) -> tuple[dict[str, Any], list[LinkStatus]]:
     manifest = read_manifest(run_dir)
     run = RunDir(Path(run_dir))
     total_epochs = int(manifest.get("total_epochs") or 0)
-    states = slurm_states([link.get("job_id") for link in manifest["links"]]) \
-        if manifest["backend"] == "slurm" else {}
+    states = slurm_states([link.get("job_id") for link in manifest["links"]]) if manifest["backend"] == "slurm" else {}
     folder = Path(manifest.get("submitit_folder") or run.path / "slurm")
     rows = []
     for link in manifest["links"]:
         k, job_id = link["link"], link.get("job_id")
         record = read_link_record(run.path, k)
-        done = bool(record and record.get("state") == "done") or link_trained(run, link.get("stop_at_epoch"),
-                                                                                total_epochs)
+        done = bool(record and record.get("state") == "done") or link_trained(
+            run, link.get("stop_at_epoch"), total_epochs
+        )
         slurm_state, reason = states.get(str(job_id), ("", "")) if job_id else ("", "")
         if done:
             state = "COMPLETED"
         elif slurm_state:
             state = slurm_state + (f" ({reason})" if reason and slurm_state == "PENDING" else "")
         elif record:
-            state = {"running": "RUNNING?" if manifest["backend"] == "slurm" else "INTERRUPTED",
-                     "interrupted": "REQUEUED", "failed": "FAILED"}.get(record.get("state"), "UNKNOWN")
+            state = {
+                "running": "RUNNING?" if manifest["backend"] == "slurm" else "INTERRUPTED",
+                "interrupted": "REQUEUED",
+                "failed": "FAILED",
+            }.get(record.get("state"), "UNKNOWN")
         elif job_id:
             state = "UNKNOWN"
         elif link.get("error"):
@@ -104,9 +120,19 @@ def chain_status(run_dir: Path) -> tuple[dict[str, Any], list[LinkStatus]]:
             end = record.get("epoch_end")
             epochs = f"{record['epoch_start']:g}→{end:g}" if end is not None else f"{record['epoch_start']:g}→"
         log = str(folder / f"{job_id}_0_log.out") if job_id else None
-        rows.append(LinkStatus(k, str(job_id) if job_id else None, state, link.get("stop_at_epoch"), epochs,
-                               record.get("checkpoint") if record else None, log, done,
-                               not done and slurm_state in ACTIVE))
+        rows.append(
+            LinkStatus(
+                k,
+                str(job_id) if job_id else None,
+                state,
+                link.get("stop_at_epoch"),
+                epochs,
+                record.get("checkpoint") if record else None,
+                log,
+                done,
+                not done and slurm_state in ACTIVE,
+            )
+        )
     return manifest, rows
 
 
@@ -130,5 +156,7 @@ def summary_line(manifest: dict[str, Any], rows: list[LinkStatus], run: RunDir) 
         where = "stopped: `vlmtune chain resume` submits what is left"
         if manifest["backend"] == "local":
             where = "stopped: `vlmtune chain run` again continues it"
-    return (f"{manifest['variant']}: {trained:g} of {manifest.get('total_epochs')} epochs trained "
-            f"({manifest['total_jobs']} links × {manifest['epochs_per_job']}); {where}")
+    return (
+        f"{manifest['variant']}: {trained:g} of {manifest.get('total_epochs')} epochs trained "
+        f"({manifest['total_jobs']} links × {manifest['epochs_per_job']}); {where}"
+    )

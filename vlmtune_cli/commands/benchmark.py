@@ -29,32 +29,46 @@ from vlmtune_cli.errors import UsageError
 def benchmark(
     runs: Annotated[
         list[Path] | None,
-        typer.Argument(metavar="RUN_DIR", show_default=False,
-                       help="Run directories to benchmark. None: the run in runs_dir that finished last."),
+        typer.Argument(
+            metavar="RUN_DIR",
+            show_default=False,
+            help="Run directories to benchmark. None: the run in runs_dir that finished last.",
+        ),
     ] = None,
     recipe: Annotated[
         Path | None,
-        typer.Option("--recipe", show_default=False,
-                     help="Evaluate this recipe's run (<runs_dir>/<variant>), or with --base its base model."),
+        typer.Option(
+            "--recipe",
+            show_default=False,
+            help="Evaluate this recipe's run (<runs_dir>/<variant>), or with --base its base model.",
+        ),
     ] = None,
     base: Annotated[
         bool, typer.Option("--base", help="Also evaluate the untrained base model of --recipe (or default_recipe).")
     ] = False,
     checkpoint: Annotated[
         str | None,
-        typer.Option("--checkpoint", metavar="NAME", show_default=False,
-                     help="Evaluate checkpoints/NAME (checkpoint-N or N) instead of final/."),
+        typer.Option(
+            "--checkpoint",
+            metavar="NAME",
+            show_default=False,
+            help="Evaluate checkpoints/NAME (checkpoint-N or N) instead of final/.",
+        ),
     ] = None,
     split: Annotated[
         str | None,
         typer.Option("--split", show_default=False, help="Split to evaluate (default: the recipe's benchmark.split)."),
     ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, show_default=False,
-                                              help="Evaluate at most N samples of the split.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, show_default=False,
-                                                   help="Samples per generation batch.")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1, show_default=False,
-                                                       help="Longest generated answer, in tokens.")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, show_default=False, help="Evaluate at most N samples of the split.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, show_default=False, help="Samples per generation batch.")
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option("--max-new-tokens", min=1, show_default=False, help="Longest generated answer, in tokens."),
+    ] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Evaluate runs on their test split: detection or VQA metrics from generated text."""
@@ -66,23 +80,24 @@ def benchmark(
         targets.append(benchmark.base_target(resolve_recipe_path(recipe, settings), settings.runs_dir))
     elif recipe is not None:
         if runs:
-            raise UsageError("give run directories or --recipe, not both",
-                             hint="--recipe R picks R's run; --recipe R --base adds R's base model as a baseline")
+            raise UsageError(
+                "give run directories or --recipe, not both",
+                hint="--recipe R picks R's run; --recipe R --base adds R's base model as a baseline",
+            )
         runs = [settings.runs_dir / load_recipe(recipe).variant]
     if not runs and not base:
         runs = [benchmark.latest_run(settings.runs_dir)]
         err_console.print(f"benchmarking the most recent run: {runs[0]}", highlight=False)
     targets += [benchmark.run_target(path, checkpoint) for path in runs or []]
 
-    options = benchmark.BenchmarkOptions(split=split, limit=limit, batch_size=batch_size,
-                                        max_new_tokens=max_new_tokens)
+    options = benchmark.BenchmarkOptions(split=split, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens)
     results = []
     for target in targets:
         with _GenerationBar(target.name) as bar:
-            result = benchmark.benchmark(target, settings.cache_dir, options, on_start=bar.start,
-                                        on_batch=bar.advance)
-        err_console.print(f"wrote {result.target.metrics_file} and {result.target.predictions_file.name}",
-                          highlight=False)
+            result = benchmark.benchmark(target, settings.cache_dir, options, on_start=bar.start, on_batch=bar.advance)
+        err_console.print(
+            f"wrote {result.target.metrics_file} and {result.target.predictions_file.name}", highlight=False
+        )
         results.append(result)
 
     from vlmtune_cli.eval import report
@@ -110,8 +125,14 @@ class _GenerationBar:
     def start(self, total: int) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(TextColumn("generating {task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=err_console, transient=True)
+        self.progress = Progress(
+            TextColumn("generating {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        )
         self.progress.start()
         self.task = self.progress.add_task(self.name, total=total)
 

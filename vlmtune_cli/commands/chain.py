@@ -28,8 +28,9 @@ app = typer.Typer(help="Follow, resume, cancel a job chain, or run one here with
 
 RunDirArg = Annotated[
     Path | None,
-    typer.Argument(help="Run directory, or a recipe (its run directory). Omit it to use `default_recipe`.",
-                   show_default=False),
+    typer.Argument(
+        help="Run directory, or a recipe (its run directory). Omit it to use `default_recipe`.", show_default=False
+    ),
 ]
 
 
@@ -47,10 +48,21 @@ def status(run_dir: RunDirArg = None, as_json: JsonOpt = False) -> None:
     line = summary_line(manifest, rows, RunDir(path))
     benchmark = benchmark_outcome(path, manifest)
     if as_json:
-        typer.echo(json.dumps({"run_dir": str(path), "summary": line, "backend": manifest["backend"],
-                               "total_jobs": manifest["total_jobs"], "total_epochs": manifest["total_epochs"],
-                               "finished": RunDir(path).is_finished(), "benchmark": benchmark,
-                               "links": [r.as_dict() for r in rows]}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "run_dir": str(path),
+                    "summary": line,
+                    "backend": manifest["backend"],
+                    "total_jobs": manifest["total_jobs"],
+                    "total_epochs": manifest["total_epochs"],
+                    "finished": RunDir(path).is_finished(),
+                    "benchmark": benchmark,
+                    "links": [r.as_dict() for r in rows],
+                },
+                indent=2,
+            )
+        )
         return
     from rich.table import Table
 
@@ -58,23 +70,33 @@ def status(run_dir: RunDirArg = None, as_json: JsonOpt = False) -> None:
     for column in ("link", "job id", "state", "epochs", "last checkpoint", "log"):
         table.add_column(column)
     for r in rows:
-        table.add_row(str(r.link), r.job_id or "-", r.state, r.epochs or "-",
-                      Path(r.checkpoint).name if r.checkpoint else "-", r.log or "-")
+        table.add_row(
+            str(r.link),
+            r.job_id or "-",
+            r.state,
+            r.epochs or "-",
+            Path(r.checkpoint).name if r.checkpoint else "-",
+            r.log or "-",
+        )
     console.print(table)
     if benchmark and "metrics" in benchmark:
         console.print(f"benchmark of final/: {benchmark['metrics']}", highlight=False)
     elif benchmark:
-        console.print(f"[red]benchmark of final/ failed:[/red] {escape(benchmark['error'])} "
-                      f"(repeat it with `vlmtune benchmark {path}`)")
+        console.print(
+            f"[red]benchmark of final/ failed:[/red] {escape(benchmark['error'])} "
+            f"(repeat it with `vlmtune benchmark {path}`)"
+        )
 
 
 @app.command("resume")
 def resume(
     run_dir: RunDirArg = None,
-    partition: Annotated[str | None, typer.Option("--partition", help="SLURM partition from now on.",
-                                                  show_default=False)] = None,
-    time_limit: Annotated[str | None, typer.Option("--time", metavar="HH:MM:SS", help="Time limit from now on.",
-                                                   show_default=False)] = None,
+    partition: Annotated[
+        str | None, typer.Option("--partition", help="SLURM partition from now on.", show_default=False)
+    ] = None,
+    time_limit: Annotated[
+        str | None, typer.Option("--time", metavar="HH:MM:SS", help="Time limit from now on.", show_default=False)
+    ] = None,
 ) -> None:
     """Resubmit the links not yet trained and not queued (after a failure or a cancel)."""
     from vlmtune_cli.cluster.chain import resolve_run_dir, resume_chain
@@ -104,8 +126,9 @@ def cancel(run_dir: RunDirArg = None) -> None:
 @app.command("run")
 def run(
     recipe: RecipeArg = None,
-    jobs: Annotated[int | None, typer.Option("--jobs", help="Number of links (default: chain.total_jobs).",
-                                             show_default=False)] = None,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", help="Number of links (default: chain.total_jobs).", show_default=False)
+    ] = None,
     overrides: OverrideOpt = None,
 ) -> None:
     """Run a chain's links one after another on this machine, without SLURM."""
@@ -119,5 +142,6 @@ def run(
     path = resolve_recipe_path(recipe, settings)
     effective = plan(load_recipe(path, overrides or []), jobs)
     outcomes = run_chain_locally(effective, path, settings, sys.argv)
-    console.print(f"ran {effective.variant}: {len(outcomes)} links, {effective.training.epochs} epochs",
-                  highlight=False)
+    console.print(
+        f"ran {effective.variant}: {len(outcomes)} links, {effective.training.epochs} epochs", highlight=False
+    )

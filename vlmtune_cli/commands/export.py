@@ -24,18 +24,27 @@ from vlmtune_cli.console import console, err_console
 
 
 def export(
-    run: Annotated[Path, typer.Argument(metavar="RUN", show_default=False,
-                                        help="Run directory, or a variant name in runs_dir.")],
+    run: Annotated[
+        Path, typer.Argument(metavar="RUN", show_default=False, help="Run directory, or a variant name in runs_dir.")
+    ],
     merge: Annotated[bool, typer.Option("--merge", help="Merge the LoRA adapter into the base model.")] = False,
     out: Annotated[
         Path | None,
-        typer.Option("--out", metavar="DIR", show_default=False,
-                     help="Folder to write (default: <run>/export/merged, .../adapter or .../full)."),
+        typer.Option(
+            "--out",
+            metavar="DIR",
+            show_default=False,
+            help="Folder to write (default: <run>/export/merged, .../adapter or .../full).",
+        ),
     ] = None,
     checkpoint: Annotated[
         str | None,
-        typer.Option("--checkpoint", metavar="NAME", show_default=False,
-                     help="Export checkpoints/NAME (checkpoint-N or N) instead of final/."),
+        typer.Option(
+            "--checkpoint",
+            metavar="NAME",
+            show_default=False,
+            help="Export checkpoints/NAME (checkpoint-N or N) instead of final/.",
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
     json_output: JsonOpt = False,
@@ -57,6 +66,5 @@ def export(
     if result.kind == "full" and merge:
         console.print("(a full fine-tune has no adapter: --merge changed nothing)", highlight=False)
     if result.kind == "adapter":
-        console.print(f"base model: {result.base_model}; merge it with --merge for a standalone model",
-                      highlight=False)
+        console.print(f"base model: {result.base_model}; merge it with --merge for a standalone model", highlight=False)
     console.print(f"load it: AutoModelForImageTextToText.from_pretrained({str(result.out)!r})", highlight=False)

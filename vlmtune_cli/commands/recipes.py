@@ -32,15 +32,27 @@ def list_(as_json: JsonOpt = False) -> None:
     """Shipped and workspace recipes: file, variant, model, description."""
     found = list_recipes(load_settings())
     if as_json:
-        typer.echo(json.dumps([{"path": str(r.path), "origin": r.origin, "variant": r.variant, "model": r.model,
-                                "description": r.description} for r in found], indent=2))
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "path": str(r.path),
+                        "origin": r.origin,
+                        "variant": r.variant,
+                        "model": r.model,
+                        "description": r.description,
+                    }
+                    for r in found
+                ],
+                indent=2,
+            )
+        )
         return
     from rich.table import Table
 
     table = Table("name", "variant", "model", "description", caption="--json shows each file's path")
     for r in found:
-        table.add_row(r.path.stem + (" (shipped)" if r.origin == "shipped" else ""), r.variant, r.model,
-                      r.description)
+        table.add_row(r.path.stem + (" (shipped)" if r.origin == "shipped" else ""), r.variant, r.model, r.description)
     console.print(table)
 
 

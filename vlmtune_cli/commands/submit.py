@@ -27,15 +27,18 @@ from vlmtune_cli.errors import UsageError
 
 def submit(
     recipe: RecipeArg = None,
-    chain: Annotated[int | None, typer.Option("--chain", help="Number of jobs (default: chain.total_jobs).",
-                                              show_default=False)] = None,
+    chain: Annotated[
+        int | None, typer.Option("--chain", help="Number of jobs (default: chain.total_jobs).", show_default=False)
+    ] = None,
     overrides: OverrideOpt = None,
     partition: Annotated[str | None, typer.Option("--partition", help="SLURM partition.", show_default=False)] = None,
-    time_limit: Annotated[str | None, typer.Option("--time", metavar="HH:MM:SS",
-                                                   help="Time limit of each job.", show_default=False)] = None,
+    time_limit: Annotated[
+        str | None, typer.Option("--time", metavar="HH:MM:SS", help="Time limit of each job.", show_default=False)
+    ] = None,
     nodes: Annotated[int | None, typer.Option("--nodes", help="Nodes per job.", show_default=False)] = None,
-    gpus_per_node: Annotated[int | None, typer.Option("--gpus-per-node", help="GPUs (= tasks) per node.",
-                                                      show_default=False)] = None,
+    gpus_per_node: Annotated[
+        int | None, typer.Option("--gpus-per-node", help="GPUs (= tasks) per node.", show_default=False)
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the sbatch scripts; submit nothing.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -60,13 +63,26 @@ def submit(
         folder = run_dir_for(effective, settings.runs_dir).path.resolve() / "slurm"
         scripts = []
         for k in range(1, effective.chain.total_jobs + 1):
-            params = sbatch_parameters(effective.slurm, settings, flags,
-                                       job_name=f"vlmtune-{effective.variant}-{k}of{effective.chain.total_jobs}",
-                                       dependency=f"afterok:<job id of link {k - 1}>" if k > 1 else None)
+            params = sbatch_parameters(
+                effective.slurm,
+                settings,
+                flags,
+                job_name=f"vlmtune-{effective.variant}-{k}of{effective.chain.total_jobs}",
+                dependency=f"afterok:<job id of link {k - 1}>" if k > 1 else None,
+            )
             scripts.append(sbatch_script(params, folder))
         if as_json:
-            typer.echo(json.dumps({"variant": effective.variant, "total_jobs": effective.chain.total_jobs,
-                                   "total_epochs": effective.training.epochs, "scripts": scripts}, indent=2))
+            typer.echo(
+                json.dumps(
+                    {
+                        "variant": effective.variant,
+                        "total_jobs": effective.chain.total_jobs,
+                        "total_epochs": effective.training.epochs,
+                        "scripts": scripts,
+                    },
+                    indent=2,
+                )
+            )
         else:
             for k, script in enumerate(scripts, 1):
                 typer.echo(f"# ---- link {k} of {len(scripts)} ----")
@@ -74,8 +90,11 @@ def submit(
         return
     manifest, job_ids = chains.submit_chain(effective, path, settings, flags, sys.argv)
     if as_json:
-        typer.echo(json.dumps({"run_dir": manifest["run_dir"], "job_ids": job_ids,
-                               "total_epochs": manifest["total_epochs"]}, indent=2))
+        typer.echo(
+            json.dumps(
+                {"run_dir": manifest["run_dir"], "job_ids": job_ids, "total_epochs": manifest["total_epochs"]}, indent=2
+            )
+        )
         return
     console.print(
         f"submitted {effective.variant}: {len(job_ids)} jobs ({', '.join(job_ids)}), "

@@ -25,12 +25,20 @@ from vlmtune_cli.console import console
 def tokenize(
     recipe: RecipeArg = None,
     overrides: OverrideOpt = None,
-    show: Annotated[int, typer.Option("--show", min=0, metavar="N",
-                                      help="Print N samples with trained tokens highlighted, masked ones dimmed.")] = 0,
+    show: Annotated[
+        int,
+        typer.Option(
+            "--show", min=0, metavar="N", help="Print N samples with trained tokens highlighted, masked ones dimmed."
+        ),
+    ] = 0,
     force: Annotated[bool, typer.Option("--force", help="Rebuild the cache entry even if it exists.")] = False,
     json_output: JsonOpt = False,
-    workers: Annotated[int, typer.Option("--workers", min=0, metavar="N",
-                                         help="Worker processes; 0 picks from the dataset size and cores.")] = 0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", min=0, metavar="N", help="Worker processes; 0 picks from the dataset size and cores."
+        ),
+    ] = 0,
 ) -> None:
     """Tokenise a recipe's dataset into the cache and print token statistics (a cache hit loads no model library)."""
     settings = load_settings()
@@ -51,15 +59,25 @@ def tokenize(
 def _payload(result: Any, samples: list[dict[str, Any]]) -> dict[str, Any]:
     splits = result.stats["splits"]
     payload = {
-        "cache": str(result.path), "fingerprint": result.key, "hit": result.hit, "seconds": round(result.seconds, 3),
+        "cache": str(result.path),
+        "fingerprint": result.key,
+        "hit": result.hit,
+        "seconds": round(result.seconds, 3),
         "miss_reason": result.miss_reason,
-        "counts": {name: {"samples": s["samples"], "dropped_overlength": len(s["dropped_overlength"]),
-                          "dropped_untrained": len(s["dropped_untrained"])} for name, s in splits.items()},
+        "counts": {
+            name: {
+                "samples": s["samples"],
+                "dropped_overlength": len(s["dropped_overlength"]),
+                "dropped_untrained": len(s["dropped_untrained"]),
+            }
+            for name, s in splits.items()
+        },
         "stats": result.stats,
     }
     if samples:
-        payload["samples"] = [{**s, "segments": [{"kind": p.kind, "text": p.text} for p in s["segments"]]}
-                              for s in samples]
+        payload["samples"] = [
+            {**s, "segments": [{"kind": p.kind, "text": p.text} for p in s["segments"]]} for s in samples
+        ]
     return payload
 
 
@@ -68,8 +86,10 @@ def _print(result: Any, samples: list[dict[str, Any]]) -> None:
 
     counts = ", ".join(f"{name} {s['samples']:,}" for name, s in result.stats["splits"].items())
     how = "cache hit" if result.hit else "built"
-    console.print(f"tokenized {result.stats['source']} ({counts}) → {result.path} [bold]{how}[/] "
-                  f"in {result.seconds:.2f} s", highlight=False)
+    console.print(
+        f"tokenized {result.stats['source']} ({counts}) → {result.path} [bold]{how}[/] in {result.seconds:.2f} s",
+        highlight=False,
+    )
     if result.miss_reason:
         console.print(f"[dim]changed since the last entry of this source: {result.miss_reason}[/]", highlight=False)
     print_stats(console, result.stats)

@@ -52,9 +52,18 @@ def train(
         result = run_training(resolved, settings, overwrite=overwrite, require_resume=resume, argv=sys.argv)
     if json_output:  # also when stopped by a signal: `finished` is then false
         resumed = str(result.resumed_from) if result.resumed_from else None
-        typer.echo(json.dumps({"run_dir": str(result.run_dir), "global_step": result.global_step,
-                               "final_loss": result.final_loss, "seconds": round(result.seconds, 3),
-                               "resumed_from": resumed, "finished": result.finished}))
+        typer.echo(
+            json.dumps(
+                {
+                    "run_dir": str(result.run_dir),
+                    "global_step": result.global_step,
+                    "final_loss": result.final_loss,
+                    "seconds": round(result.seconds, 3),
+                    "resumed_from": resumed,
+                    "finished": result.finished,
+                }
+            )
+        )
     if received and not result.finished:
         err_console.print(
             f"[yellow]stopped by {received[0].name} at step {result.global_step}; a checkpoint is saved in "
@@ -88,8 +97,10 @@ def _stop_with_checkpoint_on_signals() -> Iterator[list[signal.Signals]]:
         if received and signum == signal.SIGINT:
             raise KeyboardInterrupt
         received.append(signal.Signals(signum))
-        err_console.print(f"[yellow]{signal.Signals(signum).name}: saving a checkpoint after this step, then "
-                          "stopping (Ctrl-C again to stop at once)[/]")
+        err_console.print(
+            f"[yellow]{signal.Signals(signum).name}: saving a checkpoint after this step, then "
+            "stopping (Ctrl-C again to stop at once)[/]"
+        )
         request_stop()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -70,8 +70,11 @@ def dump_recipe(recipe: Recipe) -> str:
 def recipe_diff(a: Recipe, b: Recipe) -> dict[str, tuple[Any, Any]]:
     """Dotted keys whose resolved values differ between two recipes."""
     flat_a, flat_b = _flatten(a.model_dump(mode="json")), _flatten(b.model_dump(mode="json"))
-    return {k: (flat_a.get(k), flat_b.get(k)) for k in sorted(flat_a.keys() | flat_b.keys())
-            if flat_a.get(k) != flat_b.get(k)}
+    return {
+        k: (flat_a.get(k), flat_b.get(k))
+        for k in sorted(flat_a.keys() | flat_b.keys())
+        if flat_a.get(k) != flat_b.get(k)
+    }
 
 
 def parse_value(raw: str) -> Any:
@@ -117,8 +120,9 @@ def _read_toml(path: Path, named_by: Path | None) -> dict[str, Any]:
         raise RecipeError(f"{path}: not valid TOML: {exc}") from None
 
 
-def _deep_merge(into: dict[str, Any], origins: Origins, new: dict[str, Any], origin: str,
-                prefix: tuple[str, ...] = ()) -> None:
+def _deep_merge(
+    into: dict[str, Any], origins: Origins, new: dict[str, Any], origin: str, prefix: tuple[str, ...] = ()
+) -> None:
     for key, value in new.items():
         dotted = (*prefix, key)
         if not prefix and key in TABLES and isinstance(value, dict):
@@ -145,7 +149,7 @@ def _recipe_env_vars(environ: Mapping[str, str]) -> list[tuple[str, str, str]]:
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        table, *rest = name[len(ENV_PREFIX):].lower().split("__")
+        table, *rest = name[len(ENV_PREFIX) :].lower().split("__")
         if table in TABLES:
             found.append((name, ".".join([table, *rest]), raw))
     return found

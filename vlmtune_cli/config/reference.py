@@ -1,6 +1,6 @@
 """The recipe reference, generated from the schema's field docstrings (so docs and code cannot drift).
 
-    python -m vlmtune_cli.config.reference > docs/recipes.md     # a test fails when the file is out of date
+python -m vlmtune_cli.config.reference > docs/recipes.md     # a test fails when the file is out of date
 """
 
 from __future__ import annotations

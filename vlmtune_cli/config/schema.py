@@ -236,9 +236,7 @@ class Recipe(StrictModel):
     @classmethod
     def _safe_directory_name(cls, value: str) -> str:
         if not _VARIANT_RE.match(value):
-            raise ValueError(
-                f"{value!r} cannot name a run directory; use letters, digits, '.', '_' and '-' only"
-            )
+            raise ValueError(f"{value!r} cannot name a run directory; use letters, digits, '.', '_' and '-' only")
         return value
 
     @property

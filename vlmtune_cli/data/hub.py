@@ -61,7 +61,8 @@ def load_hub(data: DataSection) -> Any:
                 f"{data.source!r} is not a local file or folder, and the Hugging Face Hub is unreachable "
                 "(offline) with no cached copy of it",
                 hint="use a local source: a .jsonl file, a folder saved with save_to_disk or of parquet "
-                     "files, a plugin 'file.py:function', or builtin:synthetic-detection") from exc
+                "files, a plugin 'file.py:function', or builtin:synthetic-detection",
+            ) from exc
         raise UsageError(f"cannot load hub dataset {data.source!r}: {type(exc).__name__}: {exc}") from exc
     finally:
         datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved

@@ -89,8 +89,9 @@ def source_kind(source: str) -> str:
     """
     if source.startswith("builtin:"):
         if source not in BUILTIN_DATASETS:
-            raise UsageError(f"unknown built-in dataset {source!r}",
-                             hint=f"built-in datasets: {', '.join(BUILTIN_DATASETS)}")
+            raise UsageError(
+                f"unknown built-in dataset {source!r}", hint=f"built-in datasets: {', '.join(BUILTIN_DATASETS)}"
+            )
         return "builtin"
     if re.search(r"\.py:[^/\\]+$", source):
         return "plugin"
@@ -103,8 +104,10 @@ def source_kind(source: str) -> str:
         return "folder"
     if _HUB_ID.match(source) and not source.endswith((".jsonl", ".json", ".parquet", ".py")):
         return "hub"
-    raise UsageError(f"data.source {source!r} is not a file, folder, built-in dataset or hub id",
-                     hint=f"built-in datasets: {', '.join(BUILTIN_DATASETS)}")
+    raise UsageError(
+        f"data.source {source!r} is not a file, folder, built-in dataset or hub id",
+        hint=f"built-in datasets: {', '.join(BUILTIN_DATASETS)}",
+    )
 
 
 def plugin_file(source: str) -> tuple[Path, str]:
@@ -112,15 +115,19 @@ def plugin_file(source: str) -> tuple[Path, str]:
     file, func_name = source.rsplit(":", 1)
     path = Path(file).expanduser().resolve()
     if not path.is_file():
-        raise UsageError(f"plugin file {file} does not exist",
-                         hint="data.source = 'path/to/file.py:function', the path relative to where you run")
+        raise UsageError(
+            f"plugin file {file} does not exist",
+            hint="data.source = 'path/to/file.py:function', the path relative to where you run",
+        )
     return path, func_name
 
 
 def load_splits(data: DataSection, *, box_format: str, processor=None) -> dict[str, list[dict]]:
     """Load `data.source` and return `{data.train_split: [...], data.test_split: [...]}`."""
-    return {name: [split[k] for k in range(len(split))]
-            for name, split in lazy_splits(data, box_format=box_format, processor=processor).items()}
+    return {
+        name: [split[k] for k in range(len(split))]
+        for name, split in lazy_splits(data, box_format=box_format, processor=processor).items()
+    }
 
 
 def lazy_splits(data: DataSection, *, box_format: str, processor=None) -> dict[str, LazySplit]:
@@ -156,8 +163,10 @@ def lazy_splits(data: DataSection, *, box_format: str, processor=None) -> dict[s
         splits = {data.train_split: sorted(order[:n_train]), data.test_split: sorted(order[n_train:])}
         named = {data.train_split: rows, data.test_split: rows}
     if not splits[data.train_split]:
-        raise UsageError(f"data.source {source!r} gives no samples for split {data.train_split!r}",
-                         hint="check the file or plugin, and data.max_samples / data.split_ratio")
+        raise UsageError(
+            f"data.source {source!r} gives no samples for split {data.train_split!r}",
+            hint="check the file or plugin, and data.max_samples / data.split_ratio",
+        )
     return {split: LazySplit(indices, named[split][1]) for split, indices in splits.items()}
 
 
@@ -169,6 +178,7 @@ def _subset(rows: Rows, data: DataSection, salt: str) -> list[int]:
 
 
 # --- rows in the standard form -------------------------------------------------------------------------
+
 
 def _open_image(value: Any, base: Path | None, where: str) -> Image.Image:
     if isinstance(value, Image.Image):  # datasets' Image feature opens lazily: decoding can still fail
@@ -205,8 +215,10 @@ def _text(parts: list[dict]) -> str:
 def to_sample(row: Any, sample_id: str, where: str, base: Path | None = None) -> dict[str, Any]:
     """One user row (messages + images, see the module docstring) as a sample; UsageError if malformed."""
     if not isinstance(row, dict) or not isinstance(row.get("messages"), list) or not row["messages"]:
-        raise UsageError(f"{where}: a sample needs a non-empty 'messages' list",
-                         hint='e.g. {"messages": [{"role": "user", "content": "..."}], "images": [...]}')
+        raise UsageError(
+            f"{where}: a sample needs a non-empty 'messages' list",
+            hint='e.g. {"messages": [{"role": "user", "content": "..."}], "images": [...]}',
+        )
     sample_id = str(row["id"]) if row.get("id") is not None else sample_id
     where = where if row.get("id") is None else f"{where} (id {sample_id})"
     images = row.get("images")
@@ -254,11 +266,16 @@ def to_sample(row: Any, sample_id: str, where: str, base: Path | None = None) ->
         target = {k: v for k, v in target.items() if v is not None}
     else:
         raise UsageError(f"{where}: 'target' must be an object, got {type(target).__name__}")
-    return {"id": sample_id, "messages": messages,
-            "images": [_open_image(img, base, where) for img in images], "target": target}
+    return {
+        "id": sample_id,
+        "messages": messages,
+        "images": [_open_image(img, base, where) for img in images],
+        "target": target,
+    }
 
 
 # --- sources -------------------------------------------------------------------------------------------
+
 
 def _jsonl_rows(path: Path) -> Rows:
     rows = []
@@ -270,8 +287,7 @@ def _jsonl_rows(path: Path) -> Rows:
                 except ValueError as exc:
                     raise UsageError(f"{path}, line {lineno}: not valid JSON ({exc})") from None
     base = path.parent
-    return len(rows), lambda i: to_sample(rows[i][1], f"{path.name}:{rows[i][0]}",
-                                          f"{path}, line {rows[i][0]}", base)
+    return len(rows), lambda i: to_sample(rows[i][1], f"{path.name}:{rows[i][0]}", f"{path}, line {rows[i][0]}", base)
 
 
 def _dataset_rows(ds: Any, label: str, base: Path | None = None) -> Rows:
@@ -307,8 +323,9 @@ def _load_folder(path: Path, data: DataSection) -> Any:
     import pyarrow as pa
     from datasets.table import InMemoryTable
 
-    loaded = {s: datasets.Dataset(InMemoryTable(pa.concat_tables(t, promote_options="default")))
-              for s, t in tables.items()}
+    loaded = {
+        s: datasets.Dataset(InMemoryTable(pa.concat_tables(t, promote_options="default"))) for s, t in tables.items()
+    }
     return datasets.DatasetDict(loaded) if len(loaded) > 1 else loaded.popitem()[1]
 
 
@@ -325,8 +342,10 @@ def _pick_splits(ds: Any, data: DataSection, source: str) -> tuple[Rows | None, 
     if data.train_split in names or len(names) == 1:
         only = data.train_split if data.train_split in names else names[0]
         return _dataset_rows(ds[only], f"{label}-{only}", base), None
-    raise UsageError(f"{source} has splits {', '.join(names)} but not {data.train_split!r}",
-                     hint="set data.train_split / data.test_split to the source's split names")
+    raise UsageError(
+        f"{source} has splits {', '.join(names)} but not {data.train_split!r}",
+        hint="set data.train_split / data.test_split to the source's split names",
+    )
 
 
 def _plugin_splits(data: DataSection, processor: Any) -> dict[str, Rows]:
@@ -345,23 +364,27 @@ def _plugin_splits(data: DataSection, processor: Any) -> dict[str, Rows]:
     func = getattr(module, func_name, None)
     if not callable(func):
         found = [n for n, v in vars(module).items() if isinstance(v, FunctionType) and not n.startswith("_")]
-        raise UsageError(f"plugin {file} has no function {func_name!r}",
-                         hint=f"functions in the file: {', '.join(found) or 'none'}")
+        raise UsageError(
+            f"plugin {file} has no function {func_name!r}", hint=f"functions in the file: {', '.join(found) or 'none'}"
+        )
     named, call = {}, f"{file}:{func_name}"
     for split in (data.train_split, data.test_split):
         try:
             result = func(data, processor, split, data.split_ratio)
         except Exception as exc:
-            raise UsageError(f"plugin {call} failed for split {split!r}: {type(exc).__name__}: {exc}",
-                             hint="fix the plugin; it is called as function(dataset_config, processor, "
-                                  "split, split_ratio)") from exc
+            raise UsageError(
+                f"plugin {call} failed for split {split!r}: {type(exc).__name__}: {exc}",
+                hint="fix the plugin; it is called as function(dataset_config, processor, split, split_ratio)",
+            ) from exc
         if not isinstance(result, list):
             import datasets
 
             if isinstance(result, datasets.DatasetDict) and split in result:
                 result = result[split]
             if not isinstance(result, datasets.Dataset):
-                raise UsageError(f"plugin {call} returned a {type(result).__name__} for split {split!r}",
-                                 hint="return a datasets.Dataset or a list of {'messages', 'images'} dicts")
+                raise UsageError(
+                    f"plugin {call} returned a {type(result).__name__} for split {split!r}",
+                    hint="return a datasets.Dataset or a list of {'messages', 'images'} dicts",
+                )
         named[split] = _dataset_rows(result, f"{path.stem}-{split}", path.parent)
     return named

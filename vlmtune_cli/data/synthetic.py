@@ -38,10 +38,22 @@ DETECT_PROMPTS = (
 )
 SIZES = (200, 250)
 MIN_SIDE = 128
-COLOURS = {"red": (220, 30, 30), "green": (30, 160, 60), "blue": (30, 70, 220), "yellow": (235, 200, 20),
-           "orange": (240, 130, 20), "purple": (140, 50, 170)}
-NUTRIENTS = (("Fat", "g", 0.5, 30.0), ("Carbohydrate", "g", 1.0, 80.0), ("Sugars", "g", 0.0, 40.0),
-             ("Protein", "g", 0.5, 25.0), ("Salt", "g", 0.0, 3.0), ("Fibre", "g", 0.0, 12.0))
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 60),
+    "blue": (30, 70, 220),
+    "yellow": (235, 200, 20),
+    "orange": (240, 130, 20),
+    "purple": (140, 50, 170),
+}
+NUTRIENTS = (
+    ("Fat", "g", 0.5, 30.0),
+    ("Carbohydrate", "g", 1.0, 80.0),
+    ("Sugars", "g", 0.0, 40.0),
+    ("Protein", "g", 0.5, 25.0),
+    ("Salt", "g", 0.0, 3.0),
+    ("Fibre", "g", 0.0, 12.0),
+)
 WORDS = ("ORGANIC", "Best before", "500 g", "Ingredients", "SALE", "Recycle", "Net wt", "New!", "Lot 42")
 
 
@@ -56,10 +68,15 @@ def _image_size(options: dict[str, Any], rng: random.Random) -> tuple[int, int]:
         return rng.choice(SIZES), rng.choice(SIZES)
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value, value]
-    if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= MIN_SIDE for v in value)):
-        raise UsageError(f"data.options.image_size must be an integer or [width, height] of at least "
-                         f"{MIN_SIDE} pixels, got {value!r}")
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= MIN_SIDE for v in value)
+    ):
+        raise UsageError(
+            f"data.options.image_size must be an integer or [width, height] of at least "
+            f"{MIN_SIDE} pixels, got {value!r}"
+        )
     return value[0], value[1]
 
 
@@ -82,8 +99,10 @@ def _table_box(rng: random.Random, size: tuple[int, int], w: int, h: int) -> tup
     step_x, step_y = size[0] // math.gcd(size[0], GRID), size[1] // math.gcd(size[1], GRID)
     w, h = math.ceil(w / step_x) * step_x, math.ceil(h / step_y) * step_y
     if w > size[0] - 1 or h > size[1] - 1:
-        raise UsageError(f"a {size[0]}x{size[1]} canvas is too small for the table; use image sizes that "
-                         "divide 1000 (200, 250, 500) or larger ones")
+        raise UsageError(
+            f"a {size[0]}x{size[1]} canvas is too small for the table; use image sizes that "
+            "divide 1000 (200, 250, 500) or larger ones"
+        )
     x = step_x * rng.randint(0, (size[0] - 1 - w) // step_x)
     y = step_y * rng.randint(0, (size[1] - 1 - h) // step_y)
     return x, y, x + w, y + h
@@ -127,13 +146,21 @@ def draw_scene(seed: int, index: int, options: dict[str, Any]) -> tuple[Image.Im
         spot = _place(rng, size, math.ceil(draw.textlength(word, font=font)), line, taken)
         if spot is not None:
             draw.text(spot[:2], word, fill=tuple(rng.randint(40, 150) for _ in range(3)), font=font)
-    return image, {"rng": rng, "size": size, "table": table, "rows": rows, "energy": energy,
-                   "colour": colour if square is not None else None}
+    return image, {
+        "rng": rng,
+        "size": size,
+        "table": table,
+        "rows": rows,
+        "energy": energy,
+        "colour": colour if square is not None else None,
+    }
 
 
 def _conversation(prompt: str, answer: str) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
-            {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+    return [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
+        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+    ]
 
 
 def make_sample(kind: str, index: int, data, box_format: str, processor=None) -> dict[str, Any]:
@@ -146,8 +173,10 @@ def make_sample(kind: str, index: int, data, box_format: str, processor=None) ->
         messages = _conversation(rng.choice(DETECT_PROMPTS), answer)
         target = {"boxes": [list(scene["table"])], "labels": [LABEL], "image_size": list(scene["size"])}
     else:
-        questions = [("How many rows are below the title of the table?", str(len(scene["rows"]))),
-                     ("How many kilocalories does the table list for energy?", str(scene["energy"]))]
+        questions = [
+            ("How many rows are below the title of the table?", str(len(scene["rows"]))),
+            ("How many kilocalories does the table list for energy?", str(scene["energy"])),
+        ]
         if scene["colour"]:
             questions.append(("What colour is the square?", scene["colour"]))
         question, answer = rng.choice(questions)

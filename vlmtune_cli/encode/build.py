@@ -63,8 +63,16 @@ class TokenizeResult:
         return f"{self.path} ({how}, {self.seconds:.2f} s)"
 
 
-def tokenize_recipe(recipe: Recipe, cache_dir: Path, *, force: bool = False, workers: int = 0,
-                    processor: Any = None, family: Any = None, progress: bool = True) -> TokenizeResult:
+def tokenize_recipe(
+    recipe: Recipe,
+    cache_dir: Path,
+    *,
+    force: bool = False,
+    workers: int = 0,
+    processor: Any = None,
+    family: Any = None,
+    progress: bool = True,
+) -> TokenizeResult:
     """Tokenise the recipe's dataset into the cache, or find it there.
 
     `workers` = 0 picks a number from the dataset size and the cores; 1 encodes in this process. `processor`
@@ -128,8 +136,9 @@ class _Job:
 _JOB: _Job | None = None
 
 
-def _build(recipe: Recipe, fp: cache.Fingerprint, processor: Any, family: Any, staging: Path, workers: int,
-           progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+def _build(
+    recipe: Recipe, fp: cache.Fingerprint, processor: Any, family: Any, staging: Path, workers: int, progress: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
     global _JOB
     from vlmtune_cli.data.sources import lazy_splits
 
@@ -142,8 +151,11 @@ def _build(recipe: Recipe, fp: cache.Fingerprint, processor: Any, family: Any, s
     total = sum(len(splits[n]) for n in names)
     workers = workers or _auto_workers(total)
     per_shard = max(BATCH_ROWS, min(SHARD_ROWS, math.ceil(total / (workers * 4))))
-    tasks = [(name, i // per_shard, i, min(i + per_shard, len(splits[name])))
-             for name in names for i in range(0, len(splits[name]), per_shard)]
+    tasks = [
+        (name, i // per_shard, i, min(i + per_shard, len(splits[name])))
+        for name in names
+        for i in range(0, len(splits[name]), per_shard)
+    ]
     workers = max(1, min(workers, len(tasks)))
     _JOB = _Job(processor, spec, data, recipe.tuning.loss_on, layout, splits, staging)
     try:
@@ -160,23 +172,39 @@ def _build(recipe: Recipe, fp: cache.Fingerprint, processor: Any, family: Any, s
     train = reports[data.train_split]
     if not train.kept:
         drops = f" ({train.describe_drops()})" if train.describe_drops() else ""
-        raise UsageError(f"split {data.train_split!r} of {data.source} has no trainable sample{drops}",
-                         hint="check data.source, data.max_samples, data.max_length and tuning.loss_on")
+        raise UsageError(
+            f"split {data.train_split!r} of {data.source} has no trainable sample{drops}",
+            hint="check data.source, data.max_samples, data.max_length and tuning.loss_on",
+        )
     stats = {
-        "fingerprint": fp.key, "source": data.source, "loss_on": recipe.tuning.loss_on,
-        "max_length": data.max_length, "train_split": data.train_split, "test_split": data.test_split,
+        "fingerprint": fp.key,
+        "source": data.source,
+        "loss_on": recipe.tuning.loss_on,
+        "max_length": data.max_length,
+        "train_split": data.train_split,
+        "test_split": data.test_split,
         "splits": {name: reports[name].summary(data.max_length) for name in names},
-        "build_seconds": round(time.monotonic() - started, 2), "workers": workers,
+        "build_seconds": round(time.monotonic() - started, 2),
+        "workers": workers,
     }
     manifest = {
-        "code_version": cache.CODE_VERSION, "fingerprint": fp.key, "vlmtune": __version__,
+        "code_version": cache.CODE_VERSION,
+        "fingerprint": fp.key,
+        "vlmtune": __version__,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "inputs": fp.inputs, "model_path": fp.model_path,
-        "images": layout["images"], "ids_without_pixels": layout["expand"], "extras": layout["extras"],
+        "inputs": fp.inputs,
+        "model_path": fp.model_path,
+        "images": layout["images"],
+        "ids_without_pixels": layout["expand"],
+        "extras": layout["extras"],
         "nested_images": layout["nested"],
         "image_token_id": layout["image_token_id"],
-        "label_spec": {"image_ids": sorted(spec.image_ids), "header_ids": list(spec.header_ids),
-                       "end_id": spec.end_id, "pad_id": spec.pad_id},
+        "label_spec": {
+            "image_ids": sorted(spec.image_ids),
+            "header_ids": list(spec.header_ids),
+            "end_id": spec.end_id,
+            "pad_id": spec.pad_id,
+        },
         "splits": {name: {"rows": reports[name].kept, "shards": shards[name]} for name in names},
     }
     cache.write_json(staging / cache.STATS, stats)
@@ -194,9 +222,16 @@ def _run(tasks: list[tuple], total: int, workers: int, progress: bool) -> list[t
 
     from vlmtune_cli.console import err_console
 
-    bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
-                   disable=not progress or not err_console.is_terminal)
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=not progress or not err_console.is_terminal,
+    )
     with bar:
         task = bar.add_task(f"tokenizing ({workers} worker{'s' * (workers > 1)})", total=total)
         if workers == 1:
@@ -247,8 +282,9 @@ def _encode(job: _Job, sample: dict[str, Any], split: str, report: SplitReport) 
         text = processor.apply_chat_template(sample["messages"], tokenize=False, add_generation_prompt=False)
         encoded, images = processor_outputs(processor, text, sample.get("images") or [], layout)
     except Exception as exc:
-        raise UsageError(f"sample {sample_id} of split {split!r}: the processor failed: {type(exc).__name__}: {exc}"
-                         ) from exc
+        raise UsageError(
+            f"sample {sample_id} of split {split!r}: the processor failed: {type(exc).__name__}: {exc}"
+        ) from exc
     ids = encoded["input_ids"][0].tolist()
     report.lengths.append(len(ids))
     report.visual_tokens += _visual_tokens(encoded, ids, len(images), layout)
@@ -257,7 +293,7 @@ def _encode(job: _Job, sample: dict[str, Any], split: str, report: SplitReport) 
             raise UsageError(
                 f"sample {sample_id} of split {split!r} has {len(ids)} tokens, over data.max_length "
                 f"({job.data.max_length}); it cannot be cut without cutting into its image tokens",
-                hint="raise data.max_length, lower data.max_pixels, or set data.overlength = \"drop\"",
+                hint='raise data.max_length, lower data.max_pixels, or set data.overlength = "drop"',
             )
         report.overlength.append(sample_id)
         return None
@@ -272,16 +308,22 @@ def _encode(job: _Job, sample: dict[str, Any], split: str, report: SplitReport) 
     for mode in LOSS_MODES:
         n = trained if mode == job.loss_on else count_trained(build_labels(ids, mode, job.spec))  # type: ignore
         report.trained_by_mode[mode] = report.trained_by_mode.get(mode, 0) + n
-    row: dict[str, Any] = {"id": sample_id, "input_ids": ids, "labels": labels,
-                           "images": [image.tobytes() for image in images],
-                           "image_sizes": [list(image.size) for image in images]}
+    row: dict[str, Any] = {
+        "id": sample_id,
+        "input_ids": ids,
+        "labels": labels,
+        "images": [image.tobytes() for image in images],
+        "image_sizes": [list(image.size) for image in images],
+    }
     for key, (per_token, ndim, _) in layout["extras"].items():
         value = encoded.get(key)
         if value is not None:
             value = np.asarray(value)[0] if per_token else np.asarray(value)
             if value.ndim != ndim:
-                raise VlmtuneError(f"sample {sample_id}: the processor's {key!r} has {value.ndim} dimensions "
-                                   f"here but {ndim} in the probe")
+                raise VlmtuneError(
+                    f"sample {sample_id}: the processor's {key!r} has {value.ndim} dimensions "
+                    f"here but {ndim} in the probe"
+                )
             value = value.tolist()
         row[key] = value
     return row
@@ -339,9 +381,13 @@ def _schema(layout: dict[str, Any]) -> Any:
     import numpy as np
     import pyarrow as pa
 
-    fields = [pa.field("id", pa.string()), pa.field("input_ids", pa.list_(pa.int32())),
-              pa.field("labels", pa.list_(pa.int32())), pa.field("images", pa.list_(pa.binary())),
-              pa.field("image_sizes", pa.list_(pa.list_(pa.int32())))]
+    fields = [
+        pa.field("id", pa.string()),
+        pa.field("input_ids", pa.list_(pa.int32())),
+        pa.field("labels", pa.list_(pa.int32())),
+        pa.field("images", pa.list_(pa.binary())),
+        pa.field("image_sizes", pa.list_(pa.list_(pa.int32()))),
+    ]
     for key, (_, ndim, dtype) in layout["extras"].items():
         kind = pa.from_numpy_dtype(np.dtype(dtype))
         for _ in range(ndim):
@@ -369,13 +415,19 @@ def open_splits(result: TokenizeResult, processor: Any) -> tuple[Any, Any]:
         # Token counts for `training.group_by_length` (transformers reads the `length` column), from the ids alone.
         lengths = pc.list_value_length(dataset.data.column("input_ids")).to_numpy()
         dataset = dataset.add_column("length", lengths)
-        opened.append(dataset.with_transform(ModelInputs(processor.image_processor, result.manifest["extras"],
-                                                         result.manifest.get("nested_images", False))))
+        opened.append(
+            dataset.with_transform(
+                ModelInputs(
+                    processor.image_processor, result.manifest["extras"], result.manifest.get("nested_images", False)
+                )
+            )
+        )
     return opened[0], opened[1]
 
 
-def read_rows(result: TokenizeResult, n: int, columns: tuple[str, ...] = ("id", "input_ids", "labels")
-              ) -> list[dict[str, Any]]:
+def read_rows(
+    result: TokenizeResult, n: int, columns: tuple[str, ...] = ("id", "input_ids", "labels")
+) -> list[dict[str, Any]]:
     """The first `n` cached samples (train split first), as plain lists; needs pyarrow only."""
     import pyarrow as pa
 

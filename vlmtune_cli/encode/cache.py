@@ -49,8 +49,20 @@ STATS = "stats.json"
 # Versions of the libraries whose behaviour is baked into the cache (templating, tokenising, resizing).
 _PACKAGES = ("transformers", "tokenizers", "pillow")
 # Model files that do not change tokenisation: weights, their indexes, generation settings, docs.
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".npz",
-                    ".tflite", ".index.json")
+_WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".h5",
+    ".msgpack",
+    ".gguf",
+    ".onnx",
+    ".npz",
+    ".tflite",
+    ".index.json",
+)
 _SETTLE_NS = 2_000_000_000
 _IGNORED_MODEL_FILES = {"generation_config.json", "README.md", "LICENSE", ".gitattributes", "COMPLETE"}
 
@@ -86,8 +98,11 @@ def fingerprint(recipe: Recipe, cache_dir: Path) -> Fingerprint:
     data = recipe.data
     kind = source_kind(data.source)
     subset: dict[str, Any] = {
-        "max_samples": data.max_samples, "split_ratio": data.split_ratio, "seed": data.seed,
-        "train_split": data.train_split, "test_split": data.test_split,
+        "max_samples": data.max_samples,
+        "split_ratio": data.split_ratio,
+        "seed": data.seed,
+        "train_split": data.train_split,
+        "test_split": data.test_split,
     }
     if kind == "builtin":
         subset["num_samples"] = data.num_samples
@@ -102,10 +117,19 @@ def fingerprint(recipe: Recipe, cache_dir: Path) -> Fingerprint:
         "packages": {name: _version(name) for name in _PACKAGES},
         "source": source,
         "subset": subset,
-        "encoding": {"max_length": data.max_length, "overlength": data.overlength, "min_pixels": data.min_pixels,
-                     "max_pixels": data.max_pixels, "loss_on": recipe.tuning.loss_on},
-        "model": {"name": recipe.model.name, "revision": recipe.model.revision,
-                  "trust_remote_code": recipe.model.trust_remote_code, "files": model_files},
+        "encoding": {
+            "max_length": data.max_length,
+            "overlength": data.overlength,
+            "min_pixels": data.min_pixels,
+            "max_pixels": data.max_pixels,
+            "loss_on": recipe.tuning.loss_on,
+        },
+        "model": {
+            "name": recipe.model.name,
+            "revision": recipe.model.revision,
+            "trust_remote_code": recipe.model.trust_remote_code,
+            "files": model_files,
+        },
     }
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Fingerprint(key, inputs, model_path, resolved)
@@ -291,8 +315,10 @@ def _source_digest(kind: str, data: Any, digests: _Digests) -> dict[str, Any]:
     if kind == "folder":
         base = Path(data.source).expanduser()
         return {"content": _tree_digest(sorted(p for p in base.rglob("*") if p.is_file()), base, digests)}
-    return {"revision": _hub_commit(data.source, data.options.get("hub_revision"), "dataset"),
-            "config": data.options.get("hub_config")}
+    return {
+        "revision": _hub_commit(data.source, data.options.get("hub_revision"), "dataset"),
+        "config": data.options.get("hub_config"),
+    }
 
 
 def _jsonl_images_digest(path: Path, digests: _Digests) -> str:
@@ -331,8 +357,11 @@ def _model_files(recipe: Recipe, cache_dir: Path, digests: _Digests) -> tuple[st
     path = resolve_model_path(recipe.model.name, cache_dir)
     local = Path(path).expanduser()
     if local.is_dir():
-        files = sorted(p for p in local.iterdir() if p.is_file() and p.name not in _IGNORED_MODEL_FILES
-                       and not p.name.endswith(_WEIGHT_SUFFIXES))
+        files = sorted(
+            p
+            for p in local.iterdir()
+            if p.is_file() and p.name not in _IGNORED_MODEL_FILES and not p.name.endswith(_WEIGHT_SUFFIXES)
+        )
         return str(local), _tree_digest(files, local, digests), True
     commit_ = _hub_commit(path, recipe.model.revision, "model")
     snapshot = _hub_snapshot(path, commit_, "model")

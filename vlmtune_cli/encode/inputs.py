@@ -65,8 +65,11 @@ def probe_layout(processor: Any) -> dict[str, Any]:
 
     # Qwen-VL: one flat list of images, resized by smart_resize. Mllama: one list per sample (its pixel_values
     # keep a batch axis: 1 x images x tiles x 3 x H x W), original images (its tiling resize is not mirrored).
-    reproduced = (layout["factor"] is not None and pixels_reproduced("resized")) or pixels_reproduced("original") \
+    reproduced = (
+        (layout["factor"] is not None and pixels_reproduced("resized"))
+        or pixels_reproduced("original")
         or pixels_reproduced("original", nested=True)
+    )
     if not reproduced:
         raise VlmtuneError(
             f"{type(image_processor).__name__} gives other pixel values when called alone than inside "
@@ -88,7 +91,8 @@ def probe_layout(processor: Any) -> dict[str, Any]:
         for (text, imgs), out in zip(probes, full, strict=True):
             fast = processor_outputs(processor, text, imgs, layout)[0]
             same = fast.keys() == out.keys() - {"pixel_values"} and all(
-                np.array_equal(np.asarray(fast[k]), np.asarray(out[k])) for k in fast)
+                np.array_equal(np.asarray(fast[k]), np.asarray(out[k])) for k in fast
+            )
             layout["expand"] = layout["expand"] and same
     return layout
 
@@ -105,8 +109,14 @@ def _resize_settings(image_processor: Any) -> dict[str, Any]:
     patch, merge = getattr(image_processor, "patch_size", None), getattr(image_processor, "merge_size", None)
     low, high = (lookup("shortest_edge"), lookup("longest_edge")) if size is not None else (None, None)
     known = all(isinstance(v, int) for v in (patch, merge, low, high))
-    return {"factor": patch * merge if known else None, "patch": patch, "merge": merge or 1, "min_pixels": low,
-            "max_pixels": high, "resample": int(getattr(image_processor, "resample", 3) or 3)}
+    return {
+        "factor": patch * merge if known else None,
+        "patch": patch,
+        "merge": merge or 1,
+        "min_pixels": low,
+        "max_pixels": high,
+        "resample": int(getattr(image_processor, "resample", 3) or 3),
+    }
 
 
 def resize_for_cache(image: Any, layout: dict[str, Any]) -> tuple[Any, tuple[int, int] | None]:
@@ -125,8 +135,9 @@ def resize_for_cache(image: Any, layout: dict[str, Any]) -> tuple[Any, tuple[int
     return image.resize(size, resample=layout["resample"]), size
 
 
-def processor_outputs(processor: Any, text: str, images: list[Any], layout: dict[str, Any]
-                      ) -> tuple[dict[str, Any], list[Any]]:
+def processor_outputs(
+    processor: Any, text: str, images: list[Any], layout: dict[str, Any]
+) -> tuple[dict[str, Any], list[Any]]:
     """What `processor(text=[text], images=images)` gives, but `pixel_values`, and the images to store.
 
     Raises what the processor raises (ValueError, ...) for an input it refuses.
@@ -141,8 +152,9 @@ def processor_outputs(processor: Any, text: str, images: list[Any], layout: dict
     sizes = [size for _, size in resized]
     for image in images:
         if max(image.size) / min(image.size) > _MAX_ASPECT:
-            raise ValueError(f"absolute aspect ratio must be smaller than {_MAX_ASPECT}, got "
-                             f"{max(image.size) / min(image.size)}")
+            raise ValueError(
+                f"absolute aspect ratio must be smaller than {_MAX_ASPECT}, got {max(image.size) / min(image.size)}"
+            )
     token, pieces = layout["image_token"], text.split(layout["image_token"])
     if len(pieces) - 1 != len(images):
         raise ValueError(f"{len(pieces) - 1} {token} tokens in the text but {len(images)} images")
@@ -170,12 +182,14 @@ class ModelInputs:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         import numpy as np
 
-        out: dict[str, list] = {key: [np.asarray(v, dtype=np.int64) for v in batch[key]]
-                                for key in ("input_ids", "labels")}
+        out: dict[str, list] = {
+            key: [np.asarray(v, dtype=np.int64) for v in batch[key]] for key in ("input_ids", "labels")
+        }
         for key, dtype in self.extras.items():
             out[key] = [None if v is None else np.asarray(v, dtype=dtype) for v in batch[key]]
-        out["pixel_values"] = [self.pixels(images, sizes)
-                               for images, sizes in zip(batch["images"], batch["image_sizes"], strict=True)]
+        out["pixel_values"] = [
+            self.pixels(images, sizes) for images, sizes in zip(batch["images"], batch["image_sizes"], strict=True)
+        ]
         return out
 
     def pixels(self, images: list[bytes], sizes: list[list[int]]) -> Any:
@@ -186,10 +200,16 @@ class ModelInputs:
             return None
         fast = self.patchifier
         if fast is not None and all(fast.applies(w, h) for w, h in sizes):
-            return StoredImages([np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
-                                 for raw, (w, h) in zip(images, sizes, strict=True)], fast)
-        pil = [Image.frombuffer("RGB", (w, h), raw, "raw", "RGB", 0, 1)
-               for raw, (w, h) in zip(images, sizes, strict=True)]
+            return StoredImages(
+                [
+                    np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
+                    for raw, (w, h) in zip(images, sizes, strict=True)
+                ],
+                fast,
+            )
+        pil = [
+            Image.frombuffer("RGB", (w, h), raw, "raw", "RGB", 0, 1) for raw, (w, h) in zip(images, sizes, strict=True)
+        ]
         return pixel_values(self.image_processor, pil, self.nested)
 
 

@@ -63,8 +63,13 @@ class Overlength(Exception):
         self.length = length
 
 
-def encode_sample(processor: Any, spec: LabelSpec, sample: dict[str, Any], loss_on: str, max_length: int,
-                  ) -> dict[str, Any]:
+def encode_sample(
+    processor: Any,
+    spec: LabelSpec,
+    sample: dict[str, Any],
+    loss_on: str,
+    max_length: int,
+) -> dict[str, Any]:
     """One conversation → tensors for the model, with labels. Raises Overlength when it does not fit."""
     text = processor.apply_chat_template(sample["messages"], tokenize=False, add_generation_prompt=False)
     images = sample.get("images") or None
@@ -144,8 +149,12 @@ class VisionCollator:
                 batch[key] = torch.zeros((len(samples), longest, *shape), dtype=values[0][1].dtype)
                 for row, value in values:
                     batch[key][(row, *(slice(0, n) for n in value.shape))] = value
-            elif values[0][1].dim() >= 2 and all(v.shape[0] == 1 for _, v in values) and len(values) > 1 and (
-                    len({v.shape[1:] for _, v in values}) > 1):
+            elif (
+                values[0][1].dim() >= 2
+                and all(v.shape[0] == 1 for _, v in values)
+                and len(values) > 1
+                and (len({v.shape[1:] for _, v in values}) > 1)
+            ):
                 # Per-sample vision inputs with a batch axis (Mllama's pixel_values, aspect_ratio_ids/mask) whose
                 # image or tile counts differ: zero-padded to the largest, as Mllama's processor pads a batch.
                 shape = [max(v.shape[d] for _, v in values) for d in range(1, values[0][1].dim())]
@@ -156,8 +165,11 @@ class VisionCollator:
             else:  # vision inputs: a text-only sample has none, so concatenate over those that do
                 # numpy's concatenate: torch.cat took 2-6× longer on 38 MB of pixel_values (benchmarks/README.md).
                 tensors = [value for _, value in values]
-                batch[key] = (torch.cat(tensors, dim=0) if tensors[0].dtype == torch.bfloat16 else
-                              torch.from_numpy(np.concatenate([t.numpy() for t in tensors], axis=0)))
+                batch[key] = (
+                    torch.cat(tensors, dim=0)
+                    if tensors[0].dtype == torch.bfloat16
+                    else torch.from_numpy(np.concatenate([t.numpy() for t in tensors], axis=0))
+                )
         return batch
 
 
@@ -177,7 +189,7 @@ def _written(deferred: list[Any]) -> Any:
         out = torch.from_numpy(np.empty((rows, width), dtype=np.float32))
     array, row = out.numpy(), 0
     for value in deferred:
-        value.write(array[row:row + value.shape[0]])
+        value.write(array[row : row + value.shape[0]])
         row += value.shape[0]
     return out
 

@@ -62,8 +62,11 @@ class Patchifier:
         ip = image_processor
         patch, merge, temporal = int(ip.patch_size), int(ip.merge_size), int(ip.temporal_patch_size)
         size = ip.size
-        low, high = (size["shortest_edge"], size["longest_edge"]) if isinstance(size, dict) else \
-            (size.shortest_edge, size.longest_edge)
+        low, high = (
+            (size["shortest_edge"], size["longest_edge"])
+            if isinstance(size, dict)
+            else (size.shortest_edge, size.longest_edge)
+        )
         # Channel-first, as the processor holds images when it rescales and normalises.
         values = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, None, :], (3, 1, 256)).copy()
         if ip.do_rescale:
@@ -77,8 +80,7 @@ class Patchifier:
         """True if the processor would leave an image of this size as it is (it only patchifies it then)."""
         from vlmtune_cli.models.boxes import smart_resize
 
-        return smart_resize(width, height, self.patch * self.merge, self.min_pixels, self.max_pixels) == \
-            (width, height)
+        return smart_resize(width, height, self.patch * self.merge, self.min_pixels, self.max_pixels) == (width, height)
 
     def patches(self, width: int, height: int) -> int:
         return (width // self.patch) * (height // self.patch)
@@ -124,7 +126,7 @@ class StoredImages:
         row = 0
         for array in self.arrays:
             n = self.patchifier.patches(array.shape[1], array.shape[0])
-            self.patchifier(array, out[row:row + n])
+            self.patchifier(array, out[row : row + n])
             row += n
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> Any:

@@ -76,16 +76,22 @@ class SplitReport:
             "dropped_untrained": list(self.untrained),
             "images": len(self.visual_tokens),
             "visual_tokens_per_image": _distribution(self.visual_tokens),
-            "trained_fraction": {mode: round(self.trained_by_mode.get(mode, 0) / self.total_tokens, 4)
-                                 if self.total_tokens else 0.0 for mode in LOSS_MODES},
+            "trained_fraction": {
+                mode: round(self.trained_by_mode.get(mode, 0) / self.total_tokens, 4) if self.total_tokens else 0.0
+                for mode in LOSS_MODES
+            },
             "histogram": histogram(self.lengths),
         }
 
     @classmethod
     def from_summary(cls, split: str, summary: dict[str, Any]) -> SplitReport:
         """Enough of a report to print the drop message again on a cache hit."""
-        return cls(split, kept=summary["samples"], overlength=summary["dropped_overlength"],
-                   untrained=summary["dropped_untrained"])
+        return cls(
+            split,
+            kept=summary["samples"],
+            overlength=summary["dropped_overlength"],
+            untrained=summary["dropped_untrained"],
+        )
 
 
 def _ids(ids: list[str], most: int = 5) -> str:
@@ -100,8 +106,13 @@ def _distribution(values: list[int]) -> dict[str, float] | None:
     def rank(q: float) -> int:  # nearest-rank percentile: always a value that occurs
         return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
-    return {"min": ordered[0], "mean": round(sum(ordered) / len(ordered), 1), "p50": rank(0.5), "p95": rank(0.95),
-            "max": ordered[-1]}
+    return {
+        "min": ordered[0],
+        "mean": round(sum(ordered) / len(ordered), 1),
+        "p50": rank(0.5),
+        "p95": rank(0.95),
+        "max": ordered[-1],
+    }
 
 
 def histogram(lengths: list[int], bins: int = 10) -> dict[str, list[int]]:
@@ -195,8 +206,15 @@ def sample_segments(rows: list[dict[str, Any]], model_path: str, image_id: int |
     if not rows:
         return []
     decode = _decoder(model_path)
-    return [{"id": row["id"], "split": row["split"], "length": len(row["input_ids"]),
-             "segments": segments(row["input_ids"], row["labels"], image_id, decode)} for row in rows]
+    return [
+        {
+            "id": row["id"],
+            "split": row["split"],
+            "length": len(row["input_ids"]),
+            "segments": segments(row["input_ids"], row["labels"], image_id, decode),
+        }
+        for row in rows
+    ]
 
 
 def _decoder(model_path: str) -> Any:

@@ -111,13 +111,18 @@ def run_target(path: Path, checkpoint: str | None = None, command: str = "benchm
     if not run.path.is_dir():
         raise UsageError(f"{path}: no such run directory")
     if not run.recipe_file.is_file():
-        raise UsageError(f"{path} is not a run directory (no recipe.toml in it)",
-                         hint="a run directory is <runs_dir>/<variant>/, as `vlmtune train` writes it")
+        raise UsageError(
+            f"{path} is not a run directory (no recipe.toml in it)",
+            hint="a run directory is <runs_dir>/<variant>/, as `vlmtune train` writes it",
+        )
     recipe = load_recipe(run.recipe_file, environ={})
     name = checkpoint_name(checkpoint)
     complete = [p.name for p in run.complete_checkpoints()]
-    hint = (f"use a checkpoint: vlmtune {command} {path}{args} --checkpoint {complete[-1]}" if complete
-            else f"train it first: vlmtune train {run.recipe_file}")
+    hint = (
+        f"use a checkpoint: vlmtune {command} {path}{args} --checkpoint {complete[-1]}"
+        if complete
+        else f"train it first: vlmtune train {run.recipe_file}"
+    )
     if name == "final":
         if not run.is_finished():
             raise UsageError(f"{path} has no finished final/ (training did not finish){_listing(run)}", hint=hint)
@@ -153,11 +158,13 @@ def latest_run(runs_dir: Path) -> Path:
         return max(finished, key=lambda p: (p / "final" / COMPLETE_MARKER).stat().st_mtime)
     unfinished = [p.name for p in dirs if (p / "recipe.toml").is_file()]
     if unfinished:
-        raise UsageError(f"no run in {runs_dir} has finished; unfinished runs: {', '.join(unfinished)}",
-                         hint=f"name one with a checkpoint: vlmtune benchmark {runs_dir / unfinished[0]} "
-                              "--checkpoint checkpoint-N")
-    raise UsageError(f"no runs in {runs_dir} yet",
-                     hint="train one (vlmtune train recipes/smoke.toml) or name a run directory")
+        raise UsageError(
+            f"no run in {runs_dir} has finished; unfinished runs: {', '.join(unfinished)}",
+            hint=f"name one with a checkpoint: vlmtune benchmark {runs_dir / unfinished[0]} --checkpoint checkpoint-N",
+        )
+    raise UsageError(
+        f"no runs in {runs_dir} yet", hint="train one (vlmtune train recipes/smoke.toml) or name a run directory"
+    )
 
 
 def base_target(recipe_path: Path, runs_dir: Path) -> Target:
@@ -188,18 +195,20 @@ def check_family(target: Target, family: Any) -> None:
             raise UsageError(
                 f"{target.run_dir}: recipe.toml says model.name = {target.recipe.model.name!r} ({family.name}), "
                 f"but the adapter in {weights} was trained on another model family ({foreign[0]} is no "
-                f"{family.name} weight)", hint="restore model.name in recipe.toml to the model it was trained on")
+                f"{family.name} weight)",
+                hint="restore model.name in recipe.toml to the model it was trained on",
+            )
         return
     config = weights / "config.json"
     if not config.is_file():
-        raise UsageError(f"{weights} holds neither a PEFT adapter nor a model (no adapter_config.json, "
-                         "no config.json)")
+        raise UsageError(f"{weights} holds neither a PEFT adapter nor a model (no adapter_config.json, no config.json)")
     model_type = json.loads(config.read_text()).get("model_type")
     if model_type not in family.model_types:
         raise UsageError(
             f"{target.run_dir}: recipe.toml says model.name = {target.recipe.model.name!r} ({family.name}), "
             f"but {weights} holds a {model_type!r} model",
-            hint="restore model.name in recipe.toml to the model it was trained on")
+            hint="restore model.name in recipe.toml to the model it was trained on",
+        )
 
 
 def load_processor_and_family(target: Target, cache_dir: Path) -> tuple[Any, Any]:
@@ -235,9 +244,10 @@ def check_split(recipe: Recipe, split: str) -> None:
     """Raises UsageError unless `split` is one of the recipe's two splits."""
     data = recipe.data
     if split not in (data.train_split, data.test_split):
-        raise UsageError(f"split {split!r} is not one of this recipe's splits "
-                         f"({data.train_split!r}, {data.test_split!r})",
-                         hint=f"--split {data.test_split}, or set benchmark.split in the recipe")
+        raise UsageError(
+            f"split {split!r} is not one of this recipe's splits ({data.train_split!r}, {data.test_split!r})",
+            hint=f"--split {data.test_split}, or set benchmark.split in the recipe",
+        )
 
 
 def load_samples(recipe: Recipe, split: str, family: Any, processor: Any, limit: int | None) -> list[dict]:
@@ -248,9 +258,10 @@ def load_samples(recipe: Recipe, split: str, family: Any, processor: Any, limit:
     check_split(recipe, split)
     samples = load_splits(data, box_format=family.box_format, processor=processor)[split]
     if not samples:
-        raise UsageError(f"split {split!r} of {data.source} is empty",
-                         hint="data.split_ratio = 1.0 leaves no test samples; lower it, or use --split "
-                              f"{data.train_split}")
+        raise UsageError(
+            f"split {split!r} of {data.source} is empty",
+            hint=f"data.split_ratio = 1.0 leaves no test samples; lower it, or use --split {data.train_split}",
+        )
     return samples[:limit] if limit else samples
 
 
@@ -267,8 +278,15 @@ def prompt_messages(sample: dict[str, Any]) -> list[dict[str, Any]]:
     return messages
 
 
-def generate(model: Any, processor: Any, samples: list[dict[str, Any]], *, batch_size: int, max_new_tokens: int,
-             on_batch: Callable[[int], None] | None = None) -> tuple[list[str], list[str]]:
+def generate(
+    model: Any,
+    processor: Any,
+    samples: list[dict[str, Any]],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[list[str], list[str]]:
     """Greedy answers to every sample, `batch_size` at a time: (prompts, outputs), in sample order.
 
     Left padding, so every prompt's last token sits at the end of its row and generated tokens follow it.
@@ -280,25 +298,37 @@ def generate(model: Any, processor: Any, samples: list[dict[str, Any]], *, batch
 
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
-    prompts = [processor.apply_chat_template(prompt_messages(s), tokenize=False, add_generation_prompt=True)
-               for s in samples]
+    prompts = [
+        processor.apply_chat_template(prompt_messages(s), tokenize=False, add_generation_prompt=True) for s in samples
+    ]
     stop = _stop_ids(model, tokenizer)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                              eos_token_id=sorted(stop), pad_token_id=_pad_id(tokenizer, stop))
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=sorted(stop),
+        pad_token_id=_pad_id(tokenizer, stop),
+    )
     device = next(model.parameters()).device
-    order = sorted(range(len(samples)), key=lambda i: (sum(im.width * im.height for im in samples[i]["images"]),
-                                                       len(prompts[i])))
+    order = sorted(
+        range(len(samples)), key=lambda i: (sum(im.width * im.height for im in samples[i]["images"]), len(prompts[i]))
+    )
     outputs = [""] * len(samples)
     for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+        rows = order[start : start + batch_size]
         # One list of images per sample: Qwen flattens it, Mllama needs it nested to batch.
         images = [samples[i]["images"] for i in rows]
         # add_special_tokens=False: the chat template wrote the BOS; a Llama tokenizer would add a second one.
-        inputs = processor(text=[prompts[i] for i in rows], images=images if any(images) else None, padding=True,
-                           return_tensors="pt", add_special_tokens=False).to(device)
+        inputs = processor(
+            text=[prompts[i] for i in rows],
+            images=images if any(images) else None,
+            padding=True,
+            return_tensors="pt",
+            add_special_tokens=False,
+        ).to(device)
         with torch.inference_mode():
             generated = model.generate(**inputs, generation_config=config)
-        for i, tokens in zip(rows, generated[:, inputs["input_ids"].shape[1]:].tolist(), strict=True):
+        for i, tokens in zip(rows, generated[:, inputs["input_ids"].shape[1] :].tolist(), strict=True):
             end = next((k for k, token in enumerate(tokens) if token in stop), len(tokens))
             outputs[i] = tokenizer.decode(tokens[:end], skip_special_tokens=False)
         if on_batch is not None:
@@ -320,9 +350,13 @@ def _pad_id(tokenizer: Any, stop: set[int]) -> int:
 # --- the whole benchmark of one target -----------------------------------------------------------------
 
 
-def benchmark(target: Target, cache_dir: Path, options: BenchmarkOptions | None = None,
-              on_start: Callable[[int], None] | None = None,
-              on_batch: Callable[[int], None] | None = None) -> BenchmarkResult:
+def benchmark(
+    target: Target,
+    cache_dir: Path,
+    options: BenchmarkOptions | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> BenchmarkResult:
     """Generate, score and write the result files of one target (see the module docstring).
 
     `on_start(n)` is called with the number of samples before generation; `on_batch(k)` after each batch.
@@ -347,14 +381,17 @@ def benchmark(target: Target, cache_dir: Path, options: BenchmarkOptions | None 
         on_start(len(samples))
     started = time.monotonic()
     try:
-        prompts, outputs = generate(model, processor, samples, batch_size=batch_size,
-                                    max_new_tokens=max_new_tokens, on_batch=on_batch)
+        prompts, outputs = generate(
+            model, processor, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, on_batch=on_batch
+        )
     except (RuntimeError, ValueError) as exc:
-        raise VlmtuneError(f"generation failed for {target.name}: {exc}",
-                           hint="set VLMTUNE_DEBUG=1 for the traceback") from exc
+        raise VlmtuneError(
+            f"generation failed for {target.name}: {exc}", hint="set VLMTUNE_DEBUG=1 for the traceback"
+        ) from exc
     seconds = time.monotonic() - started
-    rows, metrics, examples = score(section.task, family.box_format, processor, recipe.data, samples, prompts,
-                                    outputs, keep=EXAMPLES_KEPT)
+    rows, metrics, examples = score(
+        section.task, family.box_format, processor, recipe.data, samples, prompts, outputs, keep=EXAMPLES_KEPT
+    )
 
     predictions = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     record = {

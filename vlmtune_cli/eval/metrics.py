@@ -44,8 +44,16 @@ Box = tuple[float, float, float, float]
 MATCH_IOU = 0.5
 RELAXED_TOLERANCE = 0.05
 
-DETECTION_METRICS = ("mean_iou", "precision", "recall", "f1", "accuracy_50", "map_50", "map_50_95",
-                     "parse_failure_rate")
+DETECTION_METRICS = (
+    "mean_iou",
+    "precision",
+    "recall",
+    "f1",
+    "accuracy_50",
+    "map_50",
+    "map_50_95",
+    "parse_failure_rate",
+)
 VQA_METRICS = ("exact_match", "relaxed_match")
 LOWER_IS_BETTER = frozenset({"parse_failure_rate"})
 
@@ -61,14 +69,21 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def match_boxes(preds: Sequence[Box], truths: Sequence[Box], threshold: float = MATCH_IOU,
-                ) -> list[tuple[int, int, float]]:
+def match_boxes(
+    preds: Sequence[Box],
+    truths: Sequence[Box],
+    threshold: float = MATCH_IOU,
+) -> list[tuple[int, int, float]]:
     """One-to-one greedy matching: `(pred index, truth index, iou)` for pairs with IoU >= threshold, best first.
 
     `threshold = 0` matches only overlapping pairs (IoU > 0).
     """
-    pairs = [(value, p, t) for p, pred in enumerate(preds) for t, truth in enumerate(truths)
-             if (value := iou(pred, truth)) > 0 and value >= threshold]
+    pairs = [
+        (value, p, t)
+        for p, pred in enumerate(preds)
+        for t, truth in enumerate(truths)
+        if (value := iou(pred, truth)) > 0 and value >= threshold
+    ]
     pairs.sort(key=lambda pair: (-pair[0], pair[1], pair[2]))
     used_p: set[int] = set()
     used_t: set[int] = set()
@@ -93,10 +108,14 @@ class DetectionScore:
     parsed_ok: bool = True
 
     def as_dict(self) -> dict:
-        return {"tp": self.tp, "fp": self.fp, "fn": self.fn,
-                "matched_ious": [round(v, 4) for v in self.matched_ious],
-                "first_iou": None if self.first_iou is None else round(self.first_iou, 4),
-                "parsed_ok": self.parsed_ok}
+        return {
+            "tp": self.tp,
+            "fp": self.fp,
+            "fn": self.fn,
+            "matched_ious": [round(v, 4) for v in self.matched_ious],
+            "first_iou": None if self.first_iou is None else round(self.first_iou, 4),
+            "parsed_ok": self.parsed_ok,
+        }
 
 
 def score_detection(preds: Sequence[Box], truths: Sequence[Box], parsed_ok: bool = True) -> DetectionScore:
@@ -106,12 +125,19 @@ def score_detection(preds: Sequence[Box], truths: Sequence[Box], parsed_ok: bool
     first = None
     if len(truths) == 1:
         first = iou(preds[0], truths[0]) if preds else 0.0
-    return DetectionScore(tp=tp, fp=len(preds) - tp, fn=len(truths) - tp,
-                          matched_ious=[value for _, _, value in overlapping], first_iou=first, parsed_ok=parsed_ok)
+    return DetectionScore(
+        tp=tp,
+        fp=len(preds) - tp,
+        fn=len(truths) - tp,
+        matched_ious=[value for _, _, value in overlapping],
+        first_iou=first,
+        parsed_ok=parsed_ok,
+    )
 
 
-def detection_metrics(preds: Sequence[Sequence[Box]], truths: Sequence[Sequence[Box]],
-                      parsed_ok: Sequence[bool] | None = None) -> dict[str, float | None]:
+def detection_metrics(
+    preds: Sequence[Sequence[Box]], truths: Sequence[Sequence[Box]], parsed_ok: Sequence[bool] | None = None
+) -> dict[str, float | None]:
     """The detection metrics of a split (see the module docstring). One entry per sample in each sequence."""
     if len(preds) != len(truths):
         raise ValueError(f"{len(preds)} predictions for {len(truths)} samples")
@@ -120,8 +146,9 @@ def detection_metrics(preds: Sequence[Sequence[Box]], truths: Sequence[Sequence[
     return summarize_detection(scores, preds, truths)
 
 
-def summarize_detection(scores: Sequence[DetectionScore], preds: Sequence[Sequence[Box]],
-                        truths: Sequence[Sequence[Box]]) -> dict[str, float | None]:
+def summarize_detection(
+    scores: Sequence[DetectionScore], preds: Sequence[Sequence[Box]], truths: Sequence[Sequence[Box]]
+) -> dict[str, float | None]:
     """Aggregate per-sample scores (from `score_detection`) and compute mAP over the same boxes."""
     n = len(scores)
     tp, fp, fn = (sum(getattr(s, k) for s in scores) for k in ("tp", "fp", "fn"))
@@ -130,19 +157,21 @@ def summarize_detection(scores: Sequence[DetectionScore], preds: Sequence[Sequen
     ious = [v for s in scores for v in s.matched_ious]
     single_box = n > 0 and all(len(t) == 1 for t in truths)
     map_50, map_50_95 = coco_map(preds, truths)
-    return _rounded({
-        "mean_iou": sum(ious) / len(ious) if ious else 0.0,
-        "precision": precision,
-        "recall": recall,
-        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
-        "accuracy_50": (sum(1 for s in scores if (s.first_iou or 0.0) >= MATCH_IOU) / n) if single_box else None,
-        "map_50": map_50,
-        "map_50_95": map_50_95,
-        "parse_failure_rate": (sum(1 for s in scores if not s.parsed_ok) / n) if n else 0.0,
-        "samples": n,
-        "predicted_boxes": tp + fp,
-        "true_boxes": tp + fn,
-    })
+    return _rounded(
+        {
+            "mean_iou": sum(ious) / len(ious) if ious else 0.0,
+            "precision": precision,
+            "recall": recall,
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+            "accuracy_50": (sum(1 for s in scores if (s.first_iou or 0.0) >= MATCH_IOU) / n) if single_box else None,
+            "map_50": map_50,
+            "map_50_95": map_50_95,
+            "parse_failure_rate": (sum(1 for s in scores if not s.parsed_ok) / n) if n else 0.0,
+            "samples": n,
+            "predicted_boxes": tp + fp,
+            "true_boxes": tp + fn,
+        }
+    )
 
 
 def coco_map(preds: Sequence[Sequence[Box]], truths: Sequence[Sequence[Box]]) -> tuple[float | None, float | None]:
@@ -162,16 +191,22 @@ def coco_map(preds: Sequence[Sequence[Box]], truths: Sequence[Sequence[Box]]) ->
         images.append({"id": image_id})
         for box in true_boxes:
             # Ids start at 1: pycocotools takes a matched truth id of 0 for "unmatched".
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
-                                "bbox": _xywh(box), "area": _area(box), "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "bbox": _xywh(box),
+                    "area": _area(box),
+                    "iscrowd": 0,
+                }
+            )
         for rank, box in enumerate(boxes):
-            detections.append({"image_id": image_id, "category_id": 1, "bbox": _xywh(box),
-                               "score": 1.0 / (1 + rank)})
+            detections.append({"image_id": image_id, "category_id": 1, "bbox": _xywh(box), "score": 1.0 / (1 + rank)})
     # pycocotools prints progress to stdout, which carries our results: keep it quiet.
     with contextlib.redirect_stdout(io.StringIO()):
         truth = COCO()
-        truth.dataset = {"images": images, "annotations": annotations,
-                         "categories": [{"id": 1, "name": "object"}]}
+        truth.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "object"}]}
         truth.createIndex()
         evaluation = COCOeval(truth, truth.loadRes(detections), iouType="bbox")
         evaluation.evaluate()
@@ -236,7 +271,8 @@ def relaxed_match(prediction: str, target: str | Sequence[str], tolerance: float
         expected = _number(answer)
         if predicted is not None and expected is not None and _is_number(answer):
             if (expected == 0 and predicted == 0) or (
-                    expected != 0 and abs(predicted - expected) <= tolerance * abs(expected)):
+                expected != 0 and abs(predicted - expected) <= tolerance * abs(expected)
+            ):
                 return True
         elif exact_match(prediction, answer):
             return True
@@ -250,8 +286,7 @@ def vqa_metrics(predictions: Sequence[str], targets: Sequence[str | Sequence[str
     n = len(predictions)
     exact = sum(exact_match(p, t) for p, t in zip(predictions, targets, strict=True))
     relaxed = sum(relaxed_match(p, t) for p, t in zip(predictions, targets, strict=True))
-    return _rounded({"exact_match": exact / n if n else 0.0, "relaxed_match": relaxed / n if n else 0.0,
-                     "samples": n})
+    return _rounded({"exact_match": exact / n if n else 0.0, "relaxed_match": relaxed / n if n else 0.0, "samples": n})
 
 
 def _rounded(values: dict) -> dict:

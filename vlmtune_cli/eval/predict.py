@@ -37,8 +37,15 @@ class Prediction:
     drawn: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"image": str(self.image), "output": self.output, "boxes": self.boxes, "labels": self.labels,
-                "parsed_ok": self.ok, "reason": self.reason, "drawn": str(self.drawn) if self.drawn else None}
+        return {
+            "image": str(self.image),
+            "output": self.output,
+            "boxes": self.boxes,
+            "labels": self.labels,
+            "parsed_ok": self.ok,
+            "reason": self.reason,
+            "drawn": str(self.drawn) if self.drawn else None,
+        }
 
 
 @dataclass
@@ -51,9 +58,15 @@ class PredictResult:
     predictions: list[Prediction] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"run": str(self.target.run_dir), "checkpoint": self.target.checkpoint, "prompt": self.prompt,
-                "prompt_source": self.prompt_source, "box_format": self.box_format, "out": str(self.out),
-                "predictions": [p.as_dict() for p in self.predictions]}
+        return {
+            "run": str(self.target.run_dir),
+            "checkpoint": self.target.checkpoint,
+            "prompt": self.prompt,
+            "prompt_source": self.prompt_source,
+            "box_format": self.box_format,
+            "out": str(self.out),
+            "predictions": [p.as_dict() for p in self.predictions],
+        }
 
 
 def open_images(paths: Sequence[Path]) -> list[Any]:
@@ -90,8 +103,10 @@ def default_prompt(target: Target, family: Any, processor: Any) -> tuple[list[di
     try:
         first = lazy_splits(data, box_format=family.box_format, processor=processor)[data.train_split][0]
     except VlmtuneError as exc:
-        raise UsageError(f"no --prompt given, and the recipe's data ({data.source}) to take one from cannot be "
-                         f"read: {exc.message}", hint=hint) from None
+        raise UsageError(
+            f"no --prompt given, and the recipe's data ({data.source}) to take one from cannot be read: {exc.message}",
+            hint=hint,
+        ) from None
     system = [m for m in first["messages"] if m["role"] == "system"]
     user = next((m for m in first["messages"] if m["role"] == "user"), None)
     text = "".join(p.get("text") or "" for p in user["content"] if p["type"] == "text").strip() if user else ""
@@ -115,8 +130,15 @@ def _drawn_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
-def predict(target: Target, cache_dir: Path, image_paths: Sequence[Path], *, prompt: str | None = None,
-            out: Path | None = None, max_new_tokens: int | None = None) -> PredictResult:
+def predict(
+    target: Target,
+    cache_dir: Path,
+    image_paths: Sequence[Path],
+    *,
+    prompt: str | None = None,
+    out: Path | None = None,
+    max_new_tokens: int | None = None,
+) -> PredictResult:
     """Generate an answer per image, parse and draw its boxes, write them to `out` (default `<run>/predictions-images`).
 
     Raises UsageError for a missing or unreadable image, an unwritable `out`, weights of another family, or no
@@ -138,16 +160,24 @@ def predict(target: Target, cache_dir: Path, image_paths: Sequence[Path], *, pro
         system, text, source = [], prompt, "--prompt"
     else:
         system, text, source = default_prompt(target, family, processor)
-    samples = [{"id": str(path), "messages": _messages(system, text), "images": [image]}
-               for path, image in zip(image_paths, images, strict=True)]
+    samples = [
+        {"id": str(path), "messages": _messages(system, text), "images": [image]}
+        for path, image in zip(image_paths, images, strict=True)
+    ]
     model = benchmark.load_model(target, cache_dir)
     section = target.recipe.benchmark
     try:
-        _, outputs = benchmark.generate(model, processor, samples, batch_size=section.batch_size,
-                                       max_new_tokens=max_new_tokens or section.max_new_tokens)
+        _, outputs = benchmark.generate(
+            model,
+            processor,
+            samples,
+            batch_size=section.batch_size,
+            max_new_tokens=max_new_tokens or section.max_new_tokens,
+        )
     except (RuntimeError, ValueError) as exc:
-        raise VlmtuneError(f"generation failed for {target.name}: {exc}",
-                           hint="set VLMTUNE_DEBUG=1 for the traceback") from exc
+        raise VlmtuneError(
+            f"generation failed for {target.name}: {exc}", hint="set VLMTUNE_DEBUG=1 for the traceback"
+        ) from exc
 
     data = target.recipe.data
     result = PredictResult(target, text, source, out, family.box_format)
@@ -157,9 +187,9 @@ def predict(target: Target, cache_dir: Path, image_paths: Sequence[Path], *, pro
         boxes = [[round(float(v), 2) for v in box] for box in parsed.boxes]
         drawn = out / name
         draw_boxes(image, parsed.boxes, [], drawn)
-        result.predictions.append(Prediction(Path(path), output, boxes, list(parsed.labels), parsed.ok,
-                                             parsed.reason, drawn))
-    lines = "".join(json.dumps({"prompt": text, **p.as_dict()}, ensure_ascii=False) + "\n"
-                    for p in result.predictions)
+        result.predictions.append(
+            Prediction(Path(path), output, boxes, list(parsed.labels), parsed.ok, parsed.reason, drawn)
+        )
+    lines = "".join(json.dumps({"prompt": text, **p.as_dict()}, ensure_ascii=False) + "\n" for p in result.predictions)
     write_atomic(out / "predict.jsonl", lines)
     return result

@@ -24,9 +24,17 @@ from vlmtune_cli.runs import write_atomic
 
 REPORT_DIR = "benchmark-report"
 HEADERS = {
-    "samples": "n", "mean_iou": "mean IoU", "precision": "P@.5", "recall": "R@.5", "f1": "F1@.5",
-    "accuracy_50": "acc@.5", "map_50": "mAP@.5", "map_50_95": "mAP@.5:.95", "parse_failure_rate": "parse fail",
-    "exact_match": "exact match", "relaxed_match": "relaxed match",
+    "samples": "n",
+    "mean_iou": "mean IoU",
+    "precision": "P@.5",
+    "recall": "R@.5",
+    "f1": "F1@.5",
+    "accuracy_50": "acc@.5",
+    "map_50": "mAP@.5",
+    "map_50_95": "mAP@.5:.95",
+    "parse_failure_rate": "parse fail",
+    "exact_match": "exact match",
+    "relaxed_match": "relaxed match",
 }
 PRED_COLOUR, TRUE_COLOUR = (220, 20, 20), (20, 170, 40)
 
@@ -71,16 +79,25 @@ def table(results: Sequence[Any]) -> Any:
     sizes = {r.metrics.get("samples") for r in results}
     if len(sizes) == 1:  # the same for every run: say it once, keep the width for the metrics
         keys.remove("samples")
-    title = f"benchmark · {results[0].record['split']} split" + (f" · {sizes.pop()} samples" if len(sizes) == 1
-                                                                  else "")
+    title = f"benchmark · {results[0].record['split']} split" + (f" · {sizes.pop()} samples" if len(sizes) == 1 else "")
     # Compact, two-line headers: nine metric columns and a run name fit an 80-column terminal.
-    view = Table(title=title, title_justify="left", caption="* best in its column" if best else None,
-                 caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    view = Table(
+        title=title,
+        title_justify="left",
+        caption="* best in its column" if best else None,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     view.add_column("run", overflow="fold", min_width=min(14, max(len(r.target.name) for r in results)))
     for key in keys:
-        view.add_column(HEADERS.get(key, key).replace(" ", "\n", 1).replace("@", "\n@", 1)
-                        if " " not in HEADERS.get(key, key) else HEADERS.get(key, key).replace(" ", "\n", 1),
-                        justify="right", no_wrap=True)
+        view.add_column(
+            HEADERS.get(key, key).replace(" ", "\n", 1).replace("@", "\n@", 1)
+            if " " not in HEADERS.get(key, key)
+            else HEADERS.get(key, key).replace(" ", "\n", 1),
+            justify="right",
+            no_wrap=True,
+        )
     for result in results:
         cells = [result.target.name]
         for key in keys:
@@ -94,11 +111,15 @@ def markdown_table(results: Sequence[Any]) -> str:
     """The same table in Markdown, best values in bold."""
     keys = columns(results)
     best = best_values(results, keys)
-    lines = ["| run | " + " | ".join(HEADERS.get(k, k) for k in keys) + " |",
-             "| --- | " + " | ".join("---:" for _ in keys) + " |"]
+    lines = [
+        "| run | " + " | ".join(HEADERS.get(k, k) for k in keys) + " |",
+        "| --- | " + " | ".join("---:" for _ in keys) + " |",
+    ]
     for result in results:
-        cells = [f"**{_cell(result.metrics.get(k))}**" if _is_best(result, k, best) else _cell(result.metrics.get(k))
-                 for k in keys]
+        cells = [
+            f"**{_cell(result.metrics.get(k))}**" if _is_best(result, k, best) else _cell(result.metrics.get(k))
+            for k in keys
+        ]
         lines.append(f"| {result.target.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -106,8 +127,9 @@ def markdown_table(results: Sequence[Any]) -> str:
 def as_json(results: Sequence[Any], report: Path | None) -> str:
     """One JSON object for scripts: every run's metrics.json content, the best values, the report's path."""
     best = best_values(results, columns(results))
-    return json.dumps({"runs": [r.record for r in results], "best": best,
-                       "report": str(report) if report else None}, indent=2)
+    return json.dumps(
+        {"runs": [r.record for r in results], "best": best, "report": str(report) if report else None}, indent=2
+    )
 
 
 # --- report.md -------------------------------------------------------------------------------------------
@@ -119,14 +141,21 @@ def write_report(results: Sequence[Any], directory: Path) -> Path:
     for old in directory.glob("*.png"):
         old.unlink()
     split = results[0].record["split"] if results else "?"
-    lines = [f"# Benchmark report ({datetime.now():%Y-%m-%d %H:%M})", "",
-             f"Split `{split}`; predicted boxes red, true boxes green. Best value per column in bold "
-             "(parse fail: lowest).", "", markdown_table(results)]
+    lines = [
+        f"# Benchmark report ({datetime.now():%Y-%m-%d %H:%M})",
+        "",
+        f"Split `{split}`; predicted boxes red, true boxes green. Best value per column in bold (parse fail: lowest).",
+        "",
+        markdown_table(results),
+    ]
     for index, result in enumerate(results):
         slug = f"{index + 1}-" + re.sub(r"[^A-Za-z0-9._-]+", "_", result.target.name).strip("_")
-        lines += [f"## {result.target.name}", "",
-                  f"`{result.record['model']}`, {result.target.checkpoint}; results in "
-                  f"`{result.target.metrics_file}`.", ""]
+        lines += [
+            f"## {result.target.name}",
+            "",
+            f"`{result.record['model']}`, {result.target.checkpoint}; results in `{result.target.metrics_file}`.",
+            "",
+        ]
         history = _loss_history(result.target)
         if history:
             draw_loss_curve(history, directory / f"{slug}-loss.png", title=f"{result.target.name}: training loss")
@@ -137,8 +166,9 @@ def write_report(results: Sequence[Any], directory: Path) -> Path:
                 draw_boxes(example["image"], example["pred"], example["truth"], directory / name)
                 lines.append(f"![{example['id']}]({name})")
             else:
-                lines.append(f"- {example['id']}: {example['question']!r} → `{example['output']}` "
-                             f"(answer `{example['answer']}`)")
+                lines.append(
+                    f"- {example['id']}: {example['question']!r} → `{example['output']}` (answer `{example['answer']}`)"
+                )
         lines.append("")
     path = directory / "report.md"
     write_atomic(path, "\n".join(lines))
@@ -162,8 +192,9 @@ def _loss_history(target: Any) -> list[tuple[float, float, str]]:
     return points
 
 
-def draw_loss_curve(points: list[tuple[float, float, str]], path: Path, title: str = "training loss",
-                    size: tuple[int, int] = (640, 360)) -> None:
+def draw_loss_curve(
+    points: list[tuple[float, float, str]], path: Path, title: str = "training loss", size: tuple[int, int] = (640, 360)
+) -> None:
     """A line chart of loss against step: training loss blue, evaluation loss orange."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -180,8 +211,10 @@ def draw_loss_curve(points: list[tuple[float, float, str]], path: Path, title: s
     y0, y1 = y0 - pad, y1 + pad
 
     def at(step: float, loss: float) -> tuple[float, float]:
-        return (left + (step - x0) / (x1 - x0) * (width - left - right),
-                height - bottom - (loss - y0) / (y1 - y0) * (height - top - bottom))
+        return (
+            left + (step - x0) / (x1 - x0) * (width - left - right),
+            height - bottom - (loss - y0) / (y1 - y0) * (height - top - bottom),
+        )
 
     for i in range(5):
         loss = y0 + (y1 - y0) * i / 4
@@ -206,8 +239,9 @@ def draw_loss_curve(points: list[tuple[float, float, str]], path: Path, title: s
     image.save(path)
 
 
-def draw_boxes(image: Any, predicted: Sequence[Sequence[float]], true: Sequence[Sequence[float]], path: Path,
-               min_side: int = 400) -> None:
+def draw_boxes(
+    image: Any, predicted: Sequence[Sequence[float]], true: Sequence[Sequence[float]], path: Path, min_side: int = 400
+) -> None:
     """The image with true boxes in green and predicted boxes in red, enlarged so small images stay legible."""
     from PIL import Image, ImageDraw
 

@@ -21,9 +21,16 @@ from vlmtune_cli.eval.metrics import exact_match, relaxed_match, score_detection
 from vlmtune_cli.models.boxes import Box, parse_boxes, processor_resized_size
 
 
-def score(task: str, box_format: str, processor: Any, data: DataSection, samples: list[dict[str, Any]],
-          prompts: list[str], outputs: list[str], keep: int = 4,
-          ) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+def score(
+    task: str,
+    box_format: str,
+    processor: Any,
+    data: DataSection,
+    samples: list[dict[str, Any]],
+    prompts: list[str],
+    outputs: list[str],
+    keep: int = 4,
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
     """(one predictions.jsonl row per sample, the split's metrics, the first `keep` samples for the report).
 
     Raises UsageError for a sample without ground truth for `task` (or with malformed truth boxes).
@@ -33,8 +40,15 @@ def score(task: str, box_format: str, processor: Any, data: DataSection, samples
     return _score_detection(box_format, processor, data, samples, prompts, outputs, keep)
 
 
-def _score_detection(box_format: str, processor: Any, data: DataSection, samples: list[dict[str, Any]],
-                     prompts: list[str], outputs: list[str], keep: int):
+def _score_detection(
+    box_format: str,
+    processor: Any,
+    data: DataSection,
+    samples: list[dict[str, Any]],
+    prompts: list[str],
+    outputs: list[str],
+    keep: int,
+):
     rows, scores, preds, truths, examples = [], [], [], [], []
     for sample, prompt, output in zip(samples, prompts, outputs, strict=True):
         size = _image_size(sample)
@@ -42,22 +56,35 @@ def _score_detection(box_format: str, processor: Any, data: DataSection, samples
         parsed = parse_boxes(box_format, output, size, resized)
         truth, truth_labels = _truth_boxes(sample, box_format, size, resized)
         result = score_detection(parsed.boxes, truth, parsed.ok)
-        rows.append({
-            "id": sample["id"],
-            "prompt": prompt,
-            "output": output,
-            "parsed": {"boxes": [_rounded(b) for b in parsed.boxes], "labels": parsed.labels, "ok": parsed.ok,
-                       "reason": parsed.reason},
-            "target": {"boxes": [_rounded(b) for b in truth], "labels": truth_labels},
-            "image_size": list(size),
-            "scores": result.as_dict(),
-        })
+        rows.append(
+            {
+                "id": sample["id"],
+                "prompt": prompt,
+                "output": output,
+                "parsed": {
+                    "boxes": [_rounded(b) for b in parsed.boxes],
+                    "labels": parsed.labels,
+                    "ok": parsed.ok,
+                    "reason": parsed.reason,
+                },
+                "target": {"boxes": [_rounded(b) for b in truth], "labels": truth_labels},
+                "image_size": list(size),
+                "scores": result.as_dict(),
+            }
+        )
         scores.append(result)
         preds.append(parsed.boxes)
         truths.append(truth)
         if len(examples) < keep and sample["images"]:
-            examples.append({"id": sample["id"], "image": sample["images"][0], "pred": parsed.boxes,
-                             "truth": truth, "output": output})
+            examples.append(
+                {
+                    "id": sample["id"],
+                    "image": sample["images"][0],
+                    "pred": parsed.boxes,
+                    "truth": truth,
+                    "output": output,
+                }
+            )
     return rows, summarize_detection(scores, preds, truths), examples
 
 
@@ -66,13 +93,16 @@ def _image_size(sample: dict[str, Any]) -> tuple[int, int]:
         return sample["images"][0].size
     size = sample.get("target", {}).get("image_size")
     if size is None:
-        raise UsageError(f"sample {sample['id']} has no image, so its boxes mean nothing",
-                         hint='detection needs an image per sample; for text answers set benchmark.task = "vqa"')
+        raise UsageError(
+            f"sample {sample['id']} has no image, so its boxes mean nothing",
+            hint='detection needs an image per sample; for text answers set benchmark.task = "vqa"',
+        )
     return int(size[0]), int(size[1])
 
 
-def _truth_boxes(sample: dict[str, Any], box_format: str, size: tuple[int, int],
-                 resized: tuple[int, int]) -> tuple[list[Box], list[str]]:
+def _truth_boxes(
+    sample: dict[str, Any], box_format: str, size: tuple[int, int], resized: tuple[int, int]
+) -> tuple[list[Box], list[str]]:
     target = sample.get("target") or {}
     if target.get("boxes") is not None:
         boxes = [tuple(float(v) for v in box) for box in target["boxes"]]
@@ -82,15 +112,18 @@ def _truth_boxes(sample: dict[str, Any], box_format: str, size: tuple[int, int],
         return boxes, list(labels)
     answer = target.get("answer")
     if not isinstance(answer, str):
-        raise UsageError(f"sample {sample['id']} has no ground truth: its target has neither 'boxes' nor an "
-                         "'answer' text", hint='give each sample a target {"boxes": ...} (x1, y1, x2, y2 lists in '
-                                               'pixels), or an assistant answer with boxes')
+        raise UsageError(
+            f"sample {sample['id']} has no ground truth: its target has neither 'boxes' nor an 'answer' text",
+            hint='give each sample a target {"boxes": ...} (x1, y1, x2, y2 lists in '
+            "pixels), or an assistant answer with boxes",
+        )
     parsed = parse_boxes(box_format, answer, size, resized)
     if not parsed.ok and any(c.isdigit() for c in answer):  # no number at all: "There is no table."
-        raise UsageError(f"sample {sample['id']}: the boxes of its answer cannot be read as {box_format} "
-                         f"({parsed.reason}): {answer[:200]!r}",
-                         hint='fix the sample, or give it an explicit target {"boxes": ...} '
-                              '(x1, y1, x2, y2 lists in pixels)')
+        raise UsageError(
+            f"sample {sample['id']}: the boxes of its answer cannot be read as {box_format} "
+            f"({parsed.reason}): {answer[:200]!r}",
+            hint='fix the sample, or give it an explicit target {"boxes": ...} (x1, y1, x2, y2 lists in pixels)',
+        )
     return list(parsed.boxes), list(parsed.labels)
 
 
@@ -104,16 +137,23 @@ def _score_vqa(samples: list[dict[str, Any]], prompts: list[str], outputs: list[
         target = sample.get("target") or {}
         answer = target.get("answers", target.get("answer"))
         if not isinstance(answer, (str, list)) or not answer:
-            raise UsageError(f"sample {sample['id']} has no answer to compare with",
-                             hint='VQA samples need a target {"answer": "..."} or an assistant turn; is '
-                                  'benchmark.task = "vqa" right for this data?')
+            raise UsageError(
+                f"sample {sample['id']} has no answer to compare with",
+                hint='VQA samples need a target {"answer": "..."} or an assistant turn; is '
+                'benchmark.task = "vqa" right for this data?',
+            )
         answers.append(answer)
-        rows.append({"id": sample["id"], "prompt": prompt, "output": output, "target": {"answer": answer},
-                     "scores": {"exact_match": exact_match(output, answer),
-                                "relaxed_match": relaxed_match(output, answer)}})
+        rows.append(
+            {
+                "id": sample["id"],
+                "prompt": prompt,
+                "output": output,
+                "target": {"answer": answer},
+                "scores": {"exact_match": exact_match(output, answer), "relaxed_match": relaxed_match(output, answer)},
+            }
+        )
         if len(examples) < keep:
-            examples.append({"id": sample["id"], "question": _question(sample), "output": output,
-                             "answer": answer})
+            examples.append({"id": sample["id"], "question": _question(sample), "output": output, "answer": answer})
     return rows, vqa_metrics(outputs, answers), examples
 
 

@@ -66,8 +66,9 @@ class ParseResult:
         return self
 
 
-def smart_resize(width: int, height: int, factor: int = 28, min_pixels: int = 56 * 56,
-                 max_pixels: int = 28 * 28 * 1280) -> Size:
+def smart_resize(
+    width: int, height: int, factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280
+) -> Size:
     """The (width, height) Qwen-VL processors resize an image to; mirrors transformers' `smart_resize`."""
     h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
     if h_bar * w_bar > max_pixels:
@@ -80,8 +81,9 @@ def smart_resize(width: int, height: int, factor: int = 28, min_pixels: int = 56
     return w_bar, h_bar
 
 
-def processor_resized_size(processor, image_size: Size, min_pixels: int | None = None,
-                           max_pixels: int | None = None) -> Size:
+def processor_resized_size(
+    processor, image_size: Size, min_pixels: int | None = None, max_pixels: int | None = None
+) -> Size:
     """The (width, height) a Qwen-VL processor resizes `image_size` to; `image_size` if there is no processor.
 
     `min_pixels`/`max_pixels` (the recipe's `[data]` keys) win over the processor's own limits.
@@ -111,8 +113,9 @@ def _scales(fmt: str, image_size: Size, resized_size: Size | None) -> Size:
     return image_size
 
 
-def format_boxes(fmt: str, boxes: list[Box], labels: list[str], image_size: Size,
-                 resized_size: Size | None = None) -> str:
+def format_boxes(
+    fmt: str, boxes: list[Box], labels: list[str], image_size: Size, resized_size: Size | None = None
+) -> str:
     """Write boxes (original pixels) as the text a model of the family is trained to produce.
 
     `resized_size` is the processor's (width, height) for `qwen2.5-vl-json`; without it the image is taken as
@@ -130,8 +133,9 @@ def format_boxes(fmt: str, boxes: list[Box], labels: list[str], image_size: Size
         if x1 < 0 or y1 < 0 or x2 > width or y2 > height or x1 == x2 or y1 == y2:
             raise UsageError(f"box #{i} {tuple(box)} is empty or outside the {width}x{height} image")
         # Multiply before dividing so integer inputs on the lattice stay exact in floating point.
-        written.append((round(x1 * sx / width), round(y1 * sy / height),
-                        round(x2 * sx / width), round(y2 * sy / height)))
+        written.append(
+            (round(x1 * sx / width), round(y1 * sy / height), round(x2 * sx / width), round(y2 * sy / height))
+        )
     if fmt == "qwen2-vl-grid":
         return "".join(
             f"<|object_ref_start|>{label}<|object_ref_end|><|box_start|>({a},{b}),({c},{d})<|box_end|>"
@@ -192,7 +196,7 @@ def _parse_grid(text: str, result: ParseResult, image_size: Size) -> None:
             result._fail(f"malformed box {m.group('box')!r}; expected (x1,y1),(x2,y2)")
             continue
         _add(result, list(coords.groups()), label, "qwen2-vl-grid", image_size, scales)
-    tail = text[matches[-1].end():]
+    tail = text[matches[-1].end() :]
     if pending_ref or any(tok in tail for tok in ("<|box_start|>", "<|object_ref_start|>")):
         result._fail("output ends inside a box (truncated?)")
 
@@ -205,7 +209,7 @@ def _json_items(text: str, result: ParseResult) -> list:
     except ValueError:
         start, end = body.find("["), body.rfind("]")
         try:
-            value = json.loads(body[start:end + 1]) if 0 <= start < end else None
+            value = json.loads(body[start : end + 1]) if 0 <= start < end else None
         except ValueError:
             value = None
         if value is None:
@@ -235,8 +239,14 @@ def _parse_json(text: str, result: ParseResult, image_size: Size, resized_size: 
             result._fail(f"item without a bbox_2d list: {item!r}"[:200])
             continue
         label = item.get("label", "")
-        _add(result, item["bbox_2d"], label if isinstance(label, str) else str(label), "qwen2.5-vl-json",
-             image_size, scales)
+        _add(
+            result,
+            item["bbox_2d"],
+            label if isinstance(label, str) else str(label),
+            "qwen2.5-vl-json",
+            image_size,
+            scales,
+        )
 
 
 def _parse_plain(text: str, result: ParseResult, image_size: Size) -> None:

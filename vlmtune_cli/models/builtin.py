@@ -75,10 +75,7 @@ def _corpus() -> list[str]:
         "small large big tiny wide tall short long dark light bright background foreground text number digit",
     ]  # fmt: skip
     lines += ["system", "user", "assistant"] * 4  # whole-word tokens for the role names
-    lines += [
-        f"({x},{y}),({x + 123},{y + 245})"
-        for x, y in zip(range(0, 1000, 37), range(999, 0, -41), strict=False)
-    ]
+    lines += [f"({x},{y}),({x + 123},{y + 245})" for x, y in zip(range(0, 1000, 37), range(999, 0, -41), strict=False)]
     lines += [f"x1={n}, y1={n // 2}, x2={n + 10}, y2={n // 3}; [{n}, {n + 5}]" for n in range(0, 1000, 53)]
     return lines
 
@@ -137,8 +134,12 @@ def _qwen_text_config(tokenizer, hidden: int) -> dict:
 
 def _qwen_token_ids(tokenizer) -> dict:
     ids = tokenizer.convert_tokens_to_ids
-    return {"image_token_id": ids("<|image_pad|>"), "video_token_id": ids("<|video_pad|>"),
-            "vision_start_token_id": ids("<|vision_start|>"), "vision_end_token_id": ids("<|vision_end|>")}
+    return {
+        "image_token_id": ids("<|image_pad|>"),
+        "video_token_id": ids("<|video_pad|>"),
+        "vision_start_token_id": ids("<|vision_start|>"),
+        "vision_end_token_id": ids("<|vision_end|>"),
+    }
 
 
 def _build_config(tokenizer):
@@ -200,8 +201,9 @@ def _save_qwen(directory: Path, model, tokenizer, processor_class) -> None:
     )
     model.save_pretrained(directory)
     qwen_processor.register()
-    processor = processor_class(image_processor=Qwen2VLImageProcessorPil(), tokenizer=tokenizer,
-                                chat_template=CHAT_TEMPLATE)
+    processor = processor_class(
+        image_processor=Qwen2VLImageProcessorPil(), tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
+    )
     processor.save_pretrained(directory)
 
 
@@ -303,8 +305,13 @@ def _write_tiny_mllama(directory: Path, seed: int) -> None:
     from transformers import GenerationConfig, MllamaForConditionalGeneration, MllamaProcessor
     from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
 
-    tokenizer = _build_tokenizer(MLLAMA_SPECIAL_TOKENS, _LLAMA3_SPLIT, bos_token="<|begin_of_text|>",
-                                 eos_token="<|eot_id|>", pad_token="<|finetune_right_pad_id|>")
+    tokenizer = _build_tokenizer(
+        MLLAMA_SPECIAL_TOKENS,
+        _LLAMA3_SPLIT,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|finetune_right_pad_id|>",
+    )
     config = _build_mllama_config(tokenizer)
     torch.manual_seed(seed)
     model = MllamaForConditionalGeneration(config).eval()
@@ -322,10 +329,13 @@ def _write_tiny_mllama(directory: Path, seed: int) -> None:
         do_sample=False,
     )
     model.save_pretrained(directory)
-    image_processor = MllamaImageProcessorPil(size={"height": MLLAMA_IMAGE_SIZE, "width": MLLAMA_IMAGE_SIZE},
-                                              max_image_tiles=config.vision_config.max_num_tiles)
-    processor = MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                chat_template=MLLAMA_CHAT_TEMPLATE)
+    image_processor = MllamaImageProcessorPil(
+        size={"height": MLLAMA_IMAGE_SIZE, "width": MLLAMA_IMAGE_SIZE},
+        max_image_tiles=config.vision_config.max_num_tiles,
+    )
+    processor = MllamaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=MLLAMA_CHAT_TEMPLATE
+    )
     processor.save_pretrained(directory)
 
 

@@ -37,12 +37,31 @@ from vlmtune_cli.errors import UsageError, VlmtuneError
 from vlmtune_cli.eval.benchmark import Target, run_target
 
 # Files of a trainer checkpoint that are no part of a model.
-_TRAINING_STATE = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "trainer_state.json",
-                   "COMPLETE", "README.md", "scaler.pt"}
+_TRAINING_STATE = {
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pth",
+    "training_args.bin",
+    "trainer_state.json",
+    "COMPLETE",
+    "README.md",
+    "scaler.pt",
+}
 # Files the processor's save_pretrained writes (and that the exported copy takes from there, not from the run).
-_PROCESSOR_FILES = {"processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
-                    "special_tokens_map.json", "chat_template.jinja", "chat_template.json", "added_tokens.json",
-                    "vocab.json", "merges.txt", "video_preprocessor_config.json", "tokenizer.model"}
+_PROCESSOR_FILES = {
+    "processor_config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "video_preprocessor_config.json",
+    "tokenizer.model",
+}
 EXPORT_INFO = "vlmtune-export.json"
 
 
@@ -58,8 +77,15 @@ class ExportResult:
     files: list[str]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"out": str(self.out), "kind": self.kind, "run_dir": str(self.run_dir), "checkpoint": self.checkpoint,
-                "base_model": self.base_model, "processor_class": self.processor_class, "files": self.files}
+        return {
+            "out": str(self.out),
+            "kind": self.kind,
+            "run_dir": str(self.run_dir),
+            "checkpoint": self.checkpoint,
+            "base_model": self.base_model,
+            "processor_class": self.processor_class,
+            "files": self.files,
+        }
 
 
 # --- which run, which weights (shared with `predict`) -------------------------------------------------------
@@ -73,10 +99,16 @@ def find_run(run: Path, runs_dir: Path) -> Path:
     named = Path(runs_dir) / str(run)
     if len(path.parts) == 1 and named.is_dir():
         return named
-    known = sorted(p.name for p in Path(runs_dir).iterdir() if (p / "recipe.toml").is_file()) \
-        if Path(runs_dir).is_dir() else []
-    hint = (f"runs in {runs_dir}: {', '.join(known)}" if known
-            else f"no runs in {runs_dir} yet; train one: vlmtune train recipes/smoke.toml")
+    known = (
+        sorted(p.name for p in Path(runs_dir).iterdir() if (p / "recipe.toml").is_file())
+        if Path(runs_dir).is_dir()
+        else []
+    )
+    hint = (
+        f"runs in {runs_dir}: {', '.join(known)}"
+        if known
+        else f"no runs in {runs_dir} yet; train one: vlmtune train recipes/smoke.toml"
+    )
     raise UsageError(f"{run}: no such run directory (nor a run named so in {runs_dir})", hint=hint)
 
 
@@ -106,15 +138,22 @@ def check_out(out: Path, force: bool, target: Target | None = None) -> None:
     if target is not None:
         where = out.resolve()
         run, weights = target.run_dir.resolve(), target.weights.resolve()
-        if where == run or run.is_relative_to(where) or where.is_relative_to(weights) \
-                or where.is_relative_to(run / "checkpoints"):
-            raise UsageError(f"--out {out} would replace or sit inside the run's own files",
-                             hint=f"choose a new folder, e.g. {default_out(target, True)}")
+        if (
+            where == run
+            or run.is_relative_to(where)
+            or where.is_relative_to(weights)
+            or where.is_relative_to(run / "checkpoints")
+        ):
+            raise UsageError(
+                f"--out {out} would replace or sit inside the run's own files",
+                hint=f"choose a new folder, e.g. {default_out(target, True)}",
+            )
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise UsageError(f"{out} already exists and is not empty",
-                         hint="pass --force to replace it, or choose another --out")
+        raise UsageError(
+            f"{out} already exists and is not empty", hint="pass --force to replace it, or choose another --out"
+        )
 
 
 def export(target: Target, cache_dir: Path, out: Path, *, merge: bool, force: bool = False) -> ExportResult:
@@ -150,10 +189,18 @@ def export(target: Target, cache_dir: Path, out: Path, *, merge: bool, force: bo
             _copy_model(target.weights, staging)
         processor_class = _save_processor(processor, staging, _stock_processor_class(base, processor))
         shutil.copyfile(target.run_dir / "recipe.toml", staging / "recipe.toml")
-        info = {"kind": kind, "run_dir": str(target.run_dir.resolve()), "checkpoint": target.checkpoint,
-                "base_model": recipe.model.name, "base_model_path": base_ref, "family": family.name,
-                "box_format": family.box_format, "processor_class": processor_class,
-                "exported_at": datetime.now(UTC).isoformat(timespec="seconds"), "vlmtune_version": __version__}
+        info = {
+            "kind": kind,
+            "run_dir": str(target.run_dir.resolve()),
+            "checkpoint": target.checkpoint,
+            "base_model": recipe.model.name,
+            "base_model_path": base_ref,
+            "family": family.name,
+            "box_format": family.box_format,
+            "processor_class": processor_class,
+            "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "vlmtune_version": __version__,
+        }
         (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
         files = sorted(p.name for p in staging.iterdir())
         _move_into_place(staging, out)
@@ -172,8 +219,11 @@ def _save_merged(target: Target, cache_dir: Path, staging: Path) -> None:
     section = target.recipe.model
     # Merging into quantised weights would round the adapter away: merge into full-precision weights instead.
     section = section.model_copy(update={"quantization": "none"})
-    dtype = section.dtype if section.dtype != "auto" else _checkpoint_dtype(loading.resolve_model_path(
-        section.name, cache_dir))
+    dtype = (
+        section.dtype
+        if section.dtype != "auto"
+        else _checkpoint_dtype(loading.resolve_model_path(section.name, cache_dir))
+    )
     model = loading.load_trained_model(section, target.weights, cache_dir, dtype=dtype)
     if hasattr(model, "merge_and_unload"):  # load_trained_model merges already; never save a PEFT wrapper
         model = model.merge_and_unload()

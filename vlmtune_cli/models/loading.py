@@ -65,8 +65,9 @@ def _import_object(spec: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-def load_processor(model_section: ModelSection, data_section: DataSection, cache_dir: Path, *,
-                   from_dir: Path | None = None):
+def load_processor(
+    model_section: ModelSection, data_section: DataSection, cache_dir: Path, *, from_dir: Path | None = None
+):
     """The model's processor (tokenizer + image processor + chat template), with the recipe's pixel bounds.
 
     `from_dir` loads the processor a run saved (its final/ or a checkpoint) instead of the model's own.
@@ -135,9 +136,7 @@ def _torch_dtype(name: str):
     import torch
 
     if name == "auto":
-        return (
-            torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-        )
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     return getattr(torch, name)
 
 
@@ -201,8 +200,9 @@ def load_trained_model(model_section: ModelSection, weights_dir: Path, cache_dir
     """
     weights_dir = Path(weights_dir)
     if not (weights_dir / "adapter_config.json").is_file():
-        return load_model(model_section.model_copy(update={"name": str(weights_dir), "revision": None}),
-                          cache_dir, dtype=dtype)
+        return load_model(
+            model_section.model_copy(update={"name": str(weights_dir), "revision": None}), cache_dir, dtype=dtype
+        )
     from peft import PeftModel
 
     base = load_model(model_section, cache_dir, dtype=dtype)
@@ -239,9 +239,7 @@ def family_of(model) -> Family:
     return family_for_model_type(_unwrap(model).config.model_type)
 
 
-def lora_target_modules(
-    model, family: Family, components: Iterable[str], targets: list[str] | str
-) -> list[str]:
+def lora_target_modules(model, family: Family, components: Iterable[str], targets: list[str] | str) -> list[str]:
     """Full names of the modules that get LoRA adapters, all inside `components`.
 
     `targets` is "all-linear" (every linear layer there, except the output head, as PEFT does) or a list of
@@ -265,9 +263,7 @@ def lora_target_modules(
                 hint=f"linear layers there: {', '.join(linear)}",
             )
     if not found:
-        raise UsageError(
-            f"the components set to 'lora' ({', '.join(sorted(components))}) have no linear layer"
-        )
+        raise UsageError(f"the components set to 'lora' ({', '.join(sorted(components))}) have no linear layer")
     return found
 
 
@@ -282,18 +278,12 @@ def _modules_to_save(model, family: Family, components: set[str]) -> list[str]:
         if not inside & components:
             return
         # A ModuleList is iterated, never called, so PEFT's wrapper must sit on its items instead.
-        if (
-            prefix
-            and inside <= components
-            and not isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict))
-        ):
+        if prefix and inside <= components and not isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
             chosen.append(prefix[:-1])
             return
         own = [prefix + n for n, _ in module.named_parameters(recurse=False)]
         if any(component_of(family, n) in components for n in own):
-            raise VlmtuneError(
-                f"cannot train {own} fully alongside LoRA: they sit in a module shared by components"
-            )
+            raise VlmtuneError(f"cannot train {own} fully alongside LoRA: they sit in a module shared by components")
         for name, child in module.named_children():
             visit(f"{prefix}{name}.", child)
 
@@ -334,11 +324,7 @@ def apply_tuning(model, tuning: TuningSection, lora: LoraSection, *, seed: int |
                 model = get_peft_model(model, config)
             except ValueError as error:
                 raise UsageError(f"cannot add LoRA adapters as [lora] asks: {error}") from error
-    leaked = [
-        n
-        for n, p in model.named_parameters()
-        if p.requires_grad and modes[component_of(family, n)] == "frozen"
-    ]
+    leaked = [n for n, p in model.named_parameters() if p.requires_grad and modes[component_of(family, n)] == "frozen"]
     if leaked:
         raise VlmtuneError(f"{len(leaked)} parameters of frozen components would train, e.g. {leaked[0]}")
     return model

@@ -39,8 +39,15 @@ class TrainResult:
     finished: bool = True
 
 
-def train(recipe: Recipe, settings: Settings, *, overwrite: bool = False, require_resume: bool = False,
-          stop_at_epoch: int | None = None, argv: list[str] | None = None) -> TrainResult:
+def train(
+    recipe: Recipe,
+    settings: Settings,
+    *,
+    overwrite: bool = False,
+    require_resume: bool = False,
+    stop_at_epoch: int | None = None,
+    argv: list[str] | None = None,
+) -> TrainResult:
     """Train `recipe` into `<runs_dir>/<variant>/`, resuming from its newest complete checkpoint.
 
     `stop_at_epoch` ends the run early at that epoch boundary with a checkpoint (one link of a chain) while
@@ -53,8 +60,15 @@ def train(recipe: Recipe, settings: Settings, *, overwrite: bool = False, requir
         return _train_locked(recipe, settings, run, overwrite, require_resume, stop_at_epoch, argv)
 
 
-def _train_locked(recipe: Recipe, settings: Settings, run: RunDir, overwrite: bool, require_resume: bool,
-                  stop_at_epoch: int | None, argv: list[str] | None) -> TrainResult:
+def _train_locked(
+    recipe: Recipe,
+    settings: Settings,
+    run: RunDir,
+    overwrite: bool,
+    require_resume: bool,
+    stop_at_epoch: int | None,
+    argv: list[str] | None,
+) -> TrainResult:
     started = time.monotonic()
     prepare_run_dir(run, recipe, overwrite=overwrite)
     write_env(run, argv)
@@ -88,7 +102,7 @@ def _train_locked(recipe: Recipe, settings: Settings, run: RunDir, overwrite: bo
         raise VlmtuneError(
             f"the loss became {exc.value} at step {exc.step}; training stopped before that step's update",
             hint=(f"the last good checkpoint is {kept}" if kept else "no checkpoint was saved before it")
-            + "; lower training.lr, check the data, or use precision = \"fp32\"",
+            + '; lower training.lr, check the data, or use precision = "fp32"',
         ) from None
     except (OSError, RuntimeError) as exc:
         # torch.save reports a full disk as a RuntimeError ("file write failed"), so ask the file system.
@@ -96,8 +110,11 @@ def _train_locked(recipe: Recipe, settings: Settings, run: RunDir, overwrite: bo
             kept = run.latest_checkpoint()
             raise VlmtuneError(
                 f"the disk is full while training into {run.path} ({type(exc).__name__}: {str(exc)[:200]})",
-                hint=("free space or lower training.save_total_limit, then run the same command: it resumes from "
-                      f"{kept}" if kept else "free space; no complete checkpoint was written yet"),
+                hint=(
+                    f"free space or lower training.save_total_limit, then run the same command: it resumes from {kept}"
+                    if kept
+                    else "free space; no complete checkpoint was written yet"
+                ),
             ) from None
         if isinstance(exc, OSError):
             raise VlmtuneError(f"writing the run in {run.path} failed: {exc}") from exc
@@ -113,12 +130,32 @@ def _train_locked(recipe: Recipe, settings: Settings, run: RunDir, overwrite: bo
     final_dir = None
     if finished and trainer.is_world_process_zero():  # one writer of final/ under DDP
         final_dir = _save_final(trainer, processor, run)
-    result = TrainResult(run.path, final_dir, state.global_step, state.epoch or 0.0, _last_loss(state.log_history),
-                         checkpoint, time.monotonic() - started, finished)
-    write_atomic(run.summary_file, json.dumps(
-        {"global_step": result.global_step, "epoch": result.epoch, "final_loss": result.final_loss,
-         "finished": finished, "resumed_from": str(checkpoint) if checkpoint else None,
-         "seconds": round(result.seconds, 2), "log_history": state.log_history}, indent=2) + "\n")
+    result = TrainResult(
+        run.path,
+        final_dir,
+        state.global_step,
+        state.epoch or 0.0,
+        _last_loss(state.log_history),
+        checkpoint,
+        time.monotonic() - started,
+        finished,
+    )
+    write_atomic(
+        run.summary_file,
+        json.dumps(
+            {
+                "global_step": result.global_step,
+                "epoch": result.epoch,
+                "final_loss": result.final_loss,
+                "finished": finished,
+                "resumed_from": str(checkpoint) if checkpoint else None,
+                "seconds": round(result.seconds, 2),
+                "log_history": state.log_history,
+            },
+            indent=2,
+        )
+        + "\n",
+    )
     return result
 
 
@@ -234,8 +271,9 @@ def _restore_full_weights(model: Any, checkpoint: Path) -> None:
     model.load_state_dict(saved.state_dict(), strict=True)
 
 
-def _build_trainer(recipe: Recipe, run: RunDir, model: Any, processor: Any, train_set: Any, eval_set: Any,
-                   stop_at_epoch: int | None) -> Any:
+def _build_trainer(
+    recipe: Recipe, run: RunDir, model: Any, processor: Any, train_set: Any, eval_set: Any, stop_at_epoch: int | None
+) -> Any:
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
     from transformers.trainer_callback import ProgressCallback
@@ -308,8 +346,9 @@ def _guarded(trainer_class: type) -> type:
             if (lengths := stored_lengths(self.args, dataset)) is None:
                 return super()._get_train_sampler(train_dataset)
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return epoch_seeded_length_sampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                                lengths, seed)
+            return epoch_seeded_length_sampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths, seed
+            )
 
         def _get_eval_sampler(self, eval_dataset: Any) -> Any:
             if (lengths := stored_lengths(self.args, eval_dataset)) is None:
@@ -318,8 +357,9 @@ def _guarded(trainer_class: type) -> type:
             from transformers.trainer_pt_utils import LengthGroupedSampler
 
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return LengthGroupedSampler(self.args.eval_batch_size, lengths=lengths,
-                                        generator=torch.Generator().manual_seed(seed))
+            return LengthGroupedSampler(
+                self.args.eval_batch_size, lengths=lengths, generator=torch.Generator().manual_seed(seed)
+            )
 
     return GuardedTrainer
 
@@ -363,8 +403,10 @@ def _run_dir_lock(run: RunDir) -> Iterator[None]:
         run.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (closed by the `with` below)
     except OSError as exc:
-        raise UsageError(f"cannot write to runs_dir {run.path.parent}: {exc.strerror or exc}",
-                         hint="set runs_dir in vlmtune.toml or VLMTUNE_RUNS_DIR to a writable folder") from None
+        raise UsageError(
+            f"cannot write to runs_dir {run.path.parent}: {exc.strerror or exc}",
+            hint="set runs_dir in vlmtune.toml or VLMTUNE_RUNS_DIR to a writable folder",
+        ) from None
     with handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
