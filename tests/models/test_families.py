@@ -21,7 +21,7 @@ from vlmtune_cli.models import builtin
 from vlmtune_cli.models.families import COMPONENTS, component_of, family_for_model_type
 from vlmtune_cli.models.loading import load_family, load_model, load_processor, load_trained_model, resolve_model_path
 
-from .conftest import RECIPES
+from ..conftest import RECIPES
 
 runner = CliRunner()
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from vlmtune_cli.cli import app
 from vlmtune_cli.models import export
 
-from .tiny_run import tiny_run
+from ..tiny_run import tiny_run
 
 runner = CliRunner()
 

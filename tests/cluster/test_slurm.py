@@ -19,7 +19,7 @@ from vlmtune_cli.config.settings import Settings, SlurmDefaults
 from vlmtune_cli.errors import UsageError
 from vlmtune_cli.runs import RunDir
 
-from .conftest import RECIPES
+from ..conftest import RECIPES
 
 runner = CliRunner()
 EXPECTED = Path(__file__).parent / "expected"

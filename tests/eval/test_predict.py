@@ -14,7 +14,7 @@ from vlmtune_cli.data.synthetic import draw_scene
 from vlmtune_cli.eval import benchmark, predict
 from vlmtune_cli.eval.report import PRED_COLOUR
 
-from .tiny_run import tiny_run
+from ..tiny_run import tiny_run
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ import pytest
 
 from vlmtune_cli.config.recipe import load_recipe
 
-from .conftest import RECIPES, REPO
+from ..conftest import RECIPES, REPO
 
 SMOKE = RECIPES / "smoke.toml"
 

@@ -21,7 +21,7 @@ from vlmtune_cli.cli import app
 from vlmtune_cli.config.recipe import load_recipe
 from vlmtune_cli.encode import cache
 
-from .conftest import RECIPES
+from ..conftest import RECIPES
 
 runner = CliRunner()
 HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "accelerate")

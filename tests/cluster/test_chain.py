@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from vlmtune_cli.cli import app
 
-from .conftest import RECIPES
-from .slurm_cluster import requires_slurm, sacct_state
+from ..conftest import RECIPES
+from ..slurm_cluster import requires_slurm, sacct_state
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

@@ -23,7 +23,7 @@ from vlmtune_cli.eval import benchmark, report
 from vlmtune_cli.eval.scoring import score
 from vlmtune_cli.models.families import FAMILIES
 
-from .conftest import RECIPES
+from ..conftest import RECIPES
 
 runner = CliRunner()
 SMOKE = RECIPES / "smoke.toml"

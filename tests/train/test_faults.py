@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import RECIPES
+from ..conftest import RECIPES
 
 pytestmark = pytest.mark.slow
 

@@ -285,4 +285,4 @@ def test_loading_errors_name_the_model(cache_dir, tmp_path):
 
 def test_importing_the_modules_does_not_import_torch():
     code = "import sys, vlmtune_cli.models.loading, vlmtune_cli.models.families; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from vlmtune_cli.cli import app
 
-from .conftest import RECIPES
+from ..conftest import RECIPES
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

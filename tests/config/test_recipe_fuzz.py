@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from vlmtune_cli.cli import app
 from vlmtune_cli.config.schema import TABLES, Recipe
 
-from .conftest import RECIPES
+from ..conftest import RECIPES
 
 runner = CliRunner()
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

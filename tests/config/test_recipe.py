@@ -11,7 +11,7 @@ from vlmtune_cli.config.recipe import dump_recipe, load_recipe, parse_value, rec
 from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.errors import RecipeError
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 def write(path: Path, text: str) -> Path:
