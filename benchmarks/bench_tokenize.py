@@ -102,7 +102,6 @@ def throughput(overrides: list[str], workers: int, figures: dict[str, float], re
     from vlmtune_cli.config.recipe import load_recipe
     from vlmtune_cli.config.settings import load_settings
     from vlmtune_cli.data.sources import lazy_splits
-    from vlmtune_cli.encode import inputs
     from vlmtune_cli.encode.build import tokenize_recipe
     from vlmtune_cli.models import loading
 
@@ -119,9 +118,15 @@ def throughput(overrides: list[str], workers: int, figures: dict[str, float], re
             processor(text=[text], images=sample["images"], return_tensors="np")
 
     def tokenize(n: int, shortcut: bool):
-        inputs.EXPAND_WITHOUT_PIXELS = shortcut
         return tokenize_recipe(
-            recipe, cache_dir, force=True, workers=n, processor=processor, family=family, progress=False
+            recipe,
+            cache_dir,
+            force=True,
+            workers=n,
+            processor=processor,
+            family=family,
+            progress=False,
+            ids_without_pixels=shortcut,
         )
 
     # The machine is shared: each figure is the best of `repeat` runs, taken in turns.

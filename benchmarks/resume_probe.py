@@ -30,7 +30,7 @@ def main() -> None:
         return original_call(self, batch)
 
     inputs.ModelInputs.__call__ = counting_call
-    original_build = trainer._build_trainer
+    original_build = trainer.build_trainer
 
     def build(*args, **kwargs):  # type: ignore[no-untyped-def]
         from transformers import TrainerCallback
@@ -51,7 +51,7 @@ def main() -> None:
         built.add_callback(FirstStep())
         return built
 
-    trainer._build_trainer = build
+    trainer.build_trainer = build
     from vlmtune_cli.cli import main as cli_main
 
     sys.argv = ["vlmtune", *sys.argv[1:]]

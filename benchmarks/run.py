@@ -143,8 +143,8 @@ def _loader_cache(suite: Suite, n: int, side: int = 448, source_side: int | None
     return recipe, processor, family, result
 
 
-def _trainer_for(suite: Suite, recipe, processor, train_set, model=None, name="bench"):
-    """vlmtune's own SFTTrainer (`trainer._build_trainer`) for `recipe`, in a scratch run directory."""
+def _trainer_for(suite: Suite, recipe, processor, train_set, model=None, name="bench", per_step_walks=False):
+    """vlmtune's own SFTTrainer (`trainer.build_trainer`) for `recipe`, in a scratch run directory."""
     from vlmtune_cli.config.settings import load_settings
     from vlmtune_cli.models import loading
     from vlmtune_cli.runs import RunDir
@@ -157,7 +157,7 @@ def _trainer_for(suite: Suite, recipe, processor, train_set, model=None, name="b
         )
     run = RunDir(suite.work / "runs" / name)
     run.path.mkdir(parents=True, exist_ok=True)
-    return trainer._build_trainer(recipe, run, model, processor, train_set, None, None)
+    return trainer.build_trainer(recipe, run, model, processor, train_set, None, per_step_walks=per_step_walks)
 
 
 def loader(suite: Suite) -> None:
@@ -166,7 +166,6 @@ def loader(suite: Suite) -> None:
 
     from vlmtune_cli.config.recipe import load_recipe
     from vlmtune_cli.data.sources import lazy_splits
-    from vlmtune_cli.encode import inputs
     from vlmtune_cli.encode.build import open_splits
     from vlmtune_cli.encode.labels import IGNORE_INDEX
 
@@ -187,11 +186,7 @@ def loader(suite: Suite) -> None:
             ],
             environ={},
         )
-        inputs.EXACT_FAST_PIXELS = not processor_pixels
-        try:
-            train_set, _ = open_splits(entry, processor)
-        finally:
-            inputs.EXACT_FAST_PIXELS = True
+        train_set, _ = open_splits(entry, processor, pixels="processor" if processor_pixels else "table")
         built = _trainer_for(suite, r, processor, train_set, name=f"loader-{workers}")
         if legacy_collate:
             built.data_collator = _LegacyCollator(built.data_collator)
@@ -352,7 +347,6 @@ def training(suite: Suite) -> None:
     from vlmtune_cli.encode.build import open_splits, tokenize_recipe
     from vlmtune_cli.encode.labels import VisionCollator
     from vlmtune_cli.models import loading
-    from vlmtune_cli.train import step_overhead
 
     steps, warm = (25, 5) if suite.quick else (80, 10)
     cache_dir = load_settings().cache_dir
@@ -397,11 +391,9 @@ def training(suite: Suite) -> None:
             def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
                 stamps.append(time.perf_counter())
 
-        step_overhead.SKIP_MODULE_WALKS = skip_module_walks
-        try:
-            built = _trainer_for(suite, recipe, processor, Rows(), model=fresh_model(), name="training")
-        finally:
-            step_overhead.SKIP_MODULE_WALKS = True
+        built = _trainer_for(
+            suite, recipe, processor, Rows(), model=fresh_model(), name="training", per_step_walks=not skip_module_walks
+        )
         built.add_callback(Clock())
         built.train()
         return rate(stamps)
@@ -603,13 +595,13 @@ def resume(suite: Suite) -> None:
     stop = [
         sys.executable,
         "-c",
-        "import sys; from transformers import TrainerCallback; from vlmtune_cli import trainer as T\n"
-        "b = T._build_trainer\n"
+        "import sys; from transformers import TrainerCallback; from vlmtune_cli.train import trainer as T\n"
+        "b = T.build_trainer\n"
         f"class S(TrainerCallback):\n"
         f"    def on_step_end(self, a, s, c, **k):\n"
         f"        c.should_training_stop = s.global_step >= {late}\n"
         "def build(*a, **k):\n    t = b(*a, **k); t.add_callback(S()); return t\n"
-        "T._build_trainer = build\nfrom vlmtune_cli.cli import main\n"
+        "T.build_trainer = build\nfrom vlmtune_cli.cli import main\n"
         "sys.argv = ['vlmtune', *sys.argv[1:]]\nmain()",
         *argv,
     ]

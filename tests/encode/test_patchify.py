@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from vlmtune_cli.config.schema import DataSection, ModelSection
-from vlmtune_cli.encode import inputs
 from vlmtune_cli.encode.inputs import ModelInputs
 from vlmtune_cli.encode.patchify import Patchifier
 from vlmtune_cli.models.loading import load_processor
@@ -81,8 +80,7 @@ def test_loader_rows_are_the_same_with_and_without_the_lookup(cache_dir: Path, m
     }
     with_lookup = ModelInputs(image_processor, {})
     assert with_lookup.patchifier is not None
-    monkeypatch.setattr(inputs, "EXACT_FAST_PIXELS", False)
-    without = ModelInputs(image_processor, {})
+    without = ModelInputs(image_processor, {}, pixels="processor")
     assert without.patchifier is None
     a, b = with_lookup(dict(batch))["pixel_values"][0], without(dict(batch))["pixel_values"][0]
     assert a.shape == b.shape == ((448 * 224 + 56 * 84) // 14**2, 1176) and np.array_equal(a, b)

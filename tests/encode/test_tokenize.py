@@ -310,20 +310,19 @@ def test_cached_batches_equal_the_in_memory_encoding(
 ) -> None:
     import torch
 
-    from vlmtune_cli.encode import inputs
-    from vlmtune_cli.models import loading
-
-    monkeypatch.setattr(inputs, "EXPAND_WITHOUT_PIXELS", shortcut)
     from vlmtune_cli.data.sources import load_splits
     from vlmtune_cli.encode.build import open_splits, read_rows, tokenize_recipe
     from vlmtune_cli.encode.labels import LabelSpec, VisionCollator, encode_sample
+    from vlmtune_cli.models import loading
 
     source = write_jsonl(workspace / "set.jsonl", mixed_rows(workspace))
     # min_pixels below max_pixels: most images are resized before they are stored.
     recipe = load_recipe(SMOKE, [f"data.source={source}", "data.split_ratio=1.0", "data.min_pixels=3136"])
     processor = loading.load_processor(recipe.model, recipe.data, cache_dir)
     family = loading.load_family(recipe.model, cache_dir)
-    result = tokenize_recipe(recipe, cache_dir, processor=processor, family=family, force=True)
+    result = tokenize_recipe(
+        recipe, cache_dir, processor=processor, family=family, force=True, ids_without_pixels=shortcut
+    )
     assert result.manifest["images"] == "resized" and result.manifest["ids_without_pixels"] is shortcut
     samples = load_splits(recipe.data, box_format=family.box_format, processor=processor)["train"]
     stored = {row["id"]: row["image_sizes"] for row in read_rows(result, 10, ("id", "image_sizes"))}

@@ -142,13 +142,15 @@ def test_skipping_the_trainers_module_walks_changes_nothing_but_speed(
     workspace: Path, tuning: tuple, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """step_overhead.py: weights, gradient norms and FLOP counts equal those of Trainer's own per-step walks."""
-    from vlmtune_cli.train import step_overhead
+    from vlmtune_cli.config.recipe import load_recipe
+    from vlmtune_cli.config.settings import load_settings
+    from vlmtune_cli.train import trainer
 
     def run(skip: bool, where: str) -> tuple[dict, list]:
-        monkeypatch.setattr(step_overhead, "SKIP_MODULE_WALKS", skip)
         monkeypatch.setenv("VLMTUNE_RUNS_DIR", str(workspace / where))
         path = workspace / where / "smoke"
-        train("training.epochs=1", *tuning)
+        recipe = load_recipe(RECIPES / "smoke.toml", [*SMALL, "training.epochs=1", *tuning])
+        trainer.train(recipe, load_settings(), per_step_walks=not skip)
         weights = next(f for f in ("adapter_model.safetensors", "model.safetensors") if (path / "final" / f).exists())
         history = json.loads((path / "summary.json").read_text())["log_history"]
         logged = [(h.get("grad_norm"), h.get("total_flos"), h.get("loss")) for h in history]

@@ -31,7 +31,7 @@ from typing import Any
 from vlmtune_cli import __version__
 from vlmtune_cli.config.schema import DataSection, Recipe
 from vlmtune_cli.encode import cache
-from vlmtune_cli.encode.inputs import ModelInputs, probe_layout, processor_outputs
+from vlmtune_cli.encode.inputs import ModelInputs, PixelMode, probe_layout, processor_outputs
 from vlmtune_cli.encode.labels import LabelSpec, build_labels, count_trained
 from vlmtune_cli.encode.stats import LOSS_MODES, SplitReport
 from vlmtune_cli.errors import UsageError, VlmtuneError
@@ -72,12 +72,15 @@ def tokenize_recipe(
     processor: Any = None,
     family: Any = None,
     progress: bool = True,
+    ids_without_pixels: bool = True,
 ) -> TokenizeResult:
     """Tokenise the recipe's dataset into the cache, or find it there.
 
     `workers` = 0 picks a number from the dataset size and the cores; 1 encodes in this process. `processor`
-    and `family` may be passed when the caller has them loaded already. Raises UsageError for bad data (a
-    missing or corrupt image, a sample over max_length under `overlength = "error"`, no trainable sample) and
+    and `family` may be passed when the caller has them loaded already. `ids_without_pixels=False` sends every
+    sample through the full processor call instead of the checked shortcut (inputs.py; the benchmark compares).
+    Raises UsageError for bad data (a missing or corrupt image, a sample over max_length under
+    `overlength = "error"`, no trainable sample) and
     VlmtuneError when the work fails otherwise (hub unreachable, a processor whose outputs cannot be cached).
     """
     started = time.monotonic()
@@ -99,7 +102,7 @@ def tokenize_recipe(
             return hit  # a concurrent run built it while we waited
         staging = cache.staging_dir(cache_dir, fp.key)
         try:
-            manifest, stats = _build(recipe, fp, processor, family, staging, workers, progress)
+            manifest, stats = _build(recipe, fp, processor, family, staging, workers, progress, ids_without_pixels)
             cache.commit(staging, final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -137,7 +140,14 @@ _JOB: _Job | None = None
 
 
 def _build(
-    recipe: Recipe, fp: cache.Fingerprint, processor: Any, family: Any, staging: Path, workers: int, progress: bool
+    recipe: Recipe,
+    fp: cache.Fingerprint,
+    processor: Any,
+    family: Any,
+    staging: Path,
+    workers: int,
+    progress: bool,
+    ids_without_pixels: bool,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     global _JOB
     from vlmtune_cli.data.sources import lazy_splits
@@ -145,7 +155,7 @@ def _build(
     started = time.monotonic()
     data = recipe.data
     spec = LabelSpec.for_family(processor.tokenizer, family)
-    layout = probe_layout(processor)
+    layout = probe_layout(processor, ids_without_pixels=ids_without_pixels)
     splits = lazy_splits(data, box_format=family.box_format, processor=processor)
     names = [data.train_split, data.test_split]
     total = sum(len(splits[n]) for n in names)
@@ -399,8 +409,11 @@ def _schema(layout: dict[str, Any]) -> Any:
 # --- reading -------------------------------------------------------------------------------------------
 
 
-def open_splits(result: TokenizeResult, processor: Any) -> tuple[Any, Any]:
-    """(train, test) of a cache entry as memory-mapped `datasets.Dataset`s serving model inputs; test may be None."""
+def open_splits(result: TokenizeResult, processor: Any, *, pixels: PixelMode = "table") -> tuple[Any, Any]:
+    """(train, test) of a cache entry as memory-mapped `datasets.Dataset`s serving model inputs; test may be None.
+
+    `pixels`: how the loader makes `pixel_values` (see `ModelInputs`).
+    """
     import datasets
     import pyarrow.compute as pc
 
@@ -418,7 +431,10 @@ def open_splits(result: TokenizeResult, processor: Any) -> tuple[Any, Any]:
         opened.append(
             dataset.with_transform(
                 ModelInputs(
-                    processor.image_processor, result.manifest["extras"], result.manifest.get("nested_images", False)
+                    processor.image_processor,
+                    result.manifest["extras"],
+                    result.manifest.get("nested_images", False),
+                    pixels=pixels,
                 )
             )
         )

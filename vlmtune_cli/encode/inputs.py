@@ -20,21 +20,20 @@ Imports numpy and PIL inside functions only.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from vlmtune_cli.encode.labels import is_per_token
 from vlmtune_cli.encode.patchify import Patchifier, StoredImages  # numpy only, imported inside its functions
 from vlmtune_cli.models.boxes import smart_resize
 
-# Off: every sample goes through the full processor call (the benchmark measures both).
-EXPAND_WITHOUT_PIXELS = True
-# Off: the loader calls the image processor for every image instead of patchify.py (the benchmark measures both).
-EXACT_FAST_PIXELS = True
+PixelMode = Literal["table", "processor"]
 _MAX_ASPECT = 200  # Qwen-VL's processors refuse images more elongated than this
 
 
-def probe_layout(processor: Any) -> dict[str, Any]:
+def probe_layout(processor: Any, *, ids_without_pixels: bool = True) -> dict[str, Any]:
     """How this processor's outputs are cached, checked on probe images (random pixels, odd sizes, 1 and 2 images).
+
+    `ids_without_pixels=False` never takes the token-id shortcut: every sample goes through the full processor call.
 
     Raises VlmtuneError if not even the original images reproduce the processor's `pixel_values` when the
     image processor is called alone.
@@ -86,7 +85,7 @@ def probe_layout(processor: Any) -> dict[str, Any]:
             per_token = is_per_token(key, value.shape, encoded["input_ids"].shape[1])
             extras[key] = (per_token, value.ndim - 1 if per_token else value.ndim, str(value.dtype))
     layout["extras"] = extras
-    if EXPAND_WITHOUT_PIXELS and layout["factor"] is not None and token:
+    if ids_without_pixels and layout["factor"] is not None and token:
         layout["expand"] = True
         for (text, imgs), out in zip(probes, full, strict=True):
             fast = processor_outputs(processor, text, imgs, layout)[0]
@@ -170,14 +169,21 @@ def processor_outputs(
 
 
 class ModelInputs:
-    """A datasets transform: cached rows → the model's inputs, with `pixel_values` computed here, in the loader."""
+    """A datasets transform: cached rows → the model's inputs, with `pixel_values` computed here, in the loader.
 
-    def __init__(self, image_processor: Any, extras: dict[str, Any], nested: bool = False):
+    `pixels="table"` uses the processor's arithmetic tabulated (patchify.py) where it is verified to give identical
+    values, `"processor"` calls the image processor for every image (the benchmark compares both).
+    """
+
+    def __init__(
+        self, image_processor: Any, extras: dict[str, Any], nested: bool = False, *, pixels: PixelMode = "table"
+    ):
         self.image_processor = image_processor
         self.nested = nested
         self.extras = {key: dtype for key, (_, _, dtype) in extras.items()}
         # The processor's own arithmetic, tabulated (patchify.py); None where it would not give identical values.
-        self.patchifier = None if nested or not EXACT_FAST_PIXELS else Patchifier.verified(image_processor)
+        use_table = pixels == "table" and not nested
+        self.patchifier = Patchifier.verified(image_processor) if use_table else None
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         import numpy as np

@@ -24,7 +24,6 @@ from vlmtune_cli.config.settings import Settings
 from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import UsageError, VlmtuneError
 from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for, write_atomic, write_env
-from vlmtune_cli.train import step_overhead
 
 
 @dataclass
@@ -47,17 +46,18 @@ def train(
     require_resume: bool = False,
     stop_at_epoch: int | None = None,
     argv: list[str] | None = None,
+    per_step_walks: bool = False,
 ) -> TrainResult:
     """Train `recipe` into `<runs_dir>/<variant>/`, resuming from its newest complete checkpoint.
 
     `stop_at_epoch` ends the run early at that epoch boundary with a checkpoint (one link of a chain) while
-    keeping the learning-rate schedule planned for all of `training.epochs`.
+    keeping the learning-rate schedule planned for all of `training.epochs`. `per_step_walks`: see `VlmtuneTrainer`.
     Raises UsageError for a recipe that cannot run (bad data, nothing to train), VlmtuneError when training fails,
     UsageError when another process is training in the same run directory (see `_run_dir_lock`).
     """
     run = run_dir_for(recipe, settings.runs_dir)
     with _run_dir_lock(run):
-        return _train_locked(recipe, settings, run, overwrite, require_resume, stop_at_epoch, argv)
+        return _train_locked(recipe, settings, run, overwrite, require_resume, stop_at_epoch, argv, per_step_walks)
 
 
 def _train_locked(
@@ -68,6 +68,7 @@ def _train_locked(
     require_resume: bool,
     stop_at_epoch: int | None,
     argv: list[str] | None,
+    per_step_walks: bool,
 ) -> TrainResult:
     started = time.monotonic()
     prepare_run_dir(run, recipe, overwrite=overwrite)
@@ -88,7 +89,11 @@ def _train_locked(
     if checkpoint is not None and not recipe.uses_lora:
         _restore_full_weights(model, checkpoint)
 
-    trainer = _build_trainer(recipe, run, model, processor, train_set, eval_set, stop_at_epoch)
+    from vlmtune_cli.train.sft_trainer import NonFiniteLoss  # TRL is imported by now: build_trainer needs it
+
+    trainer = build_trainer(
+        recipe, run, model, processor, train_set, eval_set, stop_at_epoch=stop_at_epoch, per_step_walks=per_step_walks
+    )
     if checkpoint is not None and not recipe.uses_lora:
         # The weights are restored already; the trainer's own attempt would only log every key as missing.
         trainer._load_from_checkpoint = lambda *args, **kwargs: None
@@ -271,16 +276,25 @@ def _restore_full_weights(model: Any, checkpoint: Path) -> None:
     model.load_state_dict(saved.state_dict(), strict=True)
 
 
-def _build_trainer(
-    recipe: Recipe, run: RunDir, model: Any, processor: Any, train_set: Any, eval_set: Any, stop_at_epoch: int | None
+def build_trainer(
+    recipe: Recipe,
+    run: RunDir,
+    model: Any,
+    processor: Any,
+    train_set: Any,
+    eval_set: Any,
+    *,
+    stop_at_epoch: int | None = None,
+    per_step_walks: bool = False,
 ) -> Any:
+    """vlmtune's trainer (`VlmtuneTrainer`) for an already tuned `model`, writing into `run`."""
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
     from transformers.trainer_callback import ProgressCallback
-    from trl import SFTTrainer
 
     from vlmtune_cli.encode.labels import VisionCollator
     from vlmtune_cli.train.callbacks import MarkCheckpointComplete, QuietLogLines, StopAtEpoch, StopOnRequest
+    from vlmtune_cli.train.sft_trainer import VlmtuneTrainer
 
     args = build_sft_config(recipe, run, has_eval=eval_set is not None)
     callbacks: list[Any] = [MarkCheckpointComplete(), StopOnRequest()]
@@ -288,7 +302,7 @@ def _build_trainer(
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.logs))))
     if stop_at_epoch is not None:
         callbacks.append(StopAtEpoch(stop_at_epoch))
-    trainer = _guarded(SFTTrainer)(
+    trainer = VlmtuneTrainer(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -296,11 +310,10 @@ def _build_trainer(
         processing_class=processor,
         data_collator=VisionCollator(pad_id=processor.tokenizer.pad_token_id),
         callbacks=callbacks,
+        per_step_walks=per_step_walks,
     )
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(QuietLogLines())
-    if step_overhead.SKIP_MODULE_WALKS:
-        step_overhead.without_per_step_module_walks(model)
     return trainer
 
 
@@ -313,55 +326,6 @@ def _disk_is_full(run: RunDir) -> bool:
     newest = run.latest_checkpoint()
     needed = sum(f.stat().st_size for f in newest.rglob("*") if f.is_file()) if newest else 0
     return free < max(needed, 1 << 20)
-
-
-class NonFiniteLoss(Exception):
-    def __init__(self, step: int, value: float):
-        super().__init__(step, value)
-        self.step, self.value = step, value
-
-
-def _guarded(trainer_class: type) -> type:
-    """The trainer class, stopping at the first micro-batch whose loss is NaN or infinite.
-
-    Raising before the optimizer step keeps the weights (and every checkpoint saved so far) free of NaN; a
-    logged loss would only show it `logging_steps` later, after a checkpoint may have saved poisoned weights.
-    """
-
-    from vlmtune_cli.train.sampling import epoch_seeded_length_sampler, stored_lengths
-
-    bases = (step_overhead.FewerModuleWalks, trainer_class) if step_overhead.SKIP_MODULE_WALKS else (trainer_class,)
-
-    class GuardedTrainer(*bases):  # type: ignore[misc, valid-type]
-        def training_step(self, *args: Any, **kwargs: Any) -> Any:
-            loss = super().training_step(*args, **kwargs)
-            if not bool(loss.detach().isfinite().all()):
-                raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
-            return loss
-
-        # `training.group_by_length`: transformers reads `dataset["length"]`, which on the cache's datasets runs
-        # the loader's transform (pixel work) for every sample, many times; read the stored column instead.
-        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            dataset = self.train_dataset if train_dataset is None else train_dataset
-            if (lengths := stored_lengths(self.args, dataset)) is None:
-                return super()._get_train_sampler(train_dataset)
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return epoch_seeded_length_sampler(
-                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths, seed
-            )
-
-        def _get_eval_sampler(self, eval_dataset: Any) -> Any:
-            if (lengths := stored_lengths(self.args, eval_dataset)) is None:
-                return super()._get_eval_sampler(eval_dataset)
-            import torch
-            from transformers.trainer_pt_utils import LengthGroupedSampler
-
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return LengthGroupedSampler(
-                self.args.eval_batch_size, lengths=lengths, generator=torch.Generator().manual_seed(seed)
-            )
-
-    return GuardedTrainer
 
 
 def _save_final(trainer: Any, processor: Any, run: RunDir) -> Path:

@@ -1,0 +1,96 @@
+"""`VlmtuneTrainer`: TRL's SFTTrainer with the few behaviours vlmtune needs, defined once, statically.
+
+Imports TRL at module level: import this module only where a trainer is built (`trainer.build_trainer`).
+
+What it changes, each for a reason:
+- `training_step` stops at the first micro-batch whose loss is NaN or infinite (`NonFiniteLoss`), before the
+  optimizer step, so neither the weights nor any checkpoint saved so far hold NaN; a logged loss would show it only
+  `logging_steps` later, after a checkpoint may have saved poisoned weights.
+- The samplers read `training.group_by_length`'s lengths from the cache's stored column (see sampling.py).
+- `per_step_walks=False` (the default) takes the module walks Trainer makes at every step once (step_overhead.py);
+  the results are the same bit for bit, the step is faster. `True` keeps Trainer's own per-step walks (the
+  benchmark and a test compare both).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trl import SFTTrainer
+
+from vlmtune_cli.train.sampling import epoch_seeded_length_sampler, stored_lengths
+from vlmtune_cli.train.step_overhead import without_per_step_module_walks
+
+
+class NonFiniteLoss(Exception):
+    """A micro-batch's loss was NaN or infinite; raised before that step's optimizer update."""
+
+    def __init__(self, step: int, value: float):
+        super().__init__(step, value)
+        self.step, self.value = step, value
+
+
+class VlmtuneTrainer(SFTTrainer):
+    def __init__(self, *args: Any, per_step_walks: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.per_step_walks = per_step_walks
+        self._flop_parameters: int | None = None
+        self._trainable: list[Any] | None = None
+        if not per_step_walks:
+            without_per_step_module_walks(self.model)
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        loss = super().training_step(*args, **kwargs)
+        if not bool(loss.detach().isfinite().all()):
+            raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
+        return loss
+
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        # Written against transformers 5.24's Trainer.floating_point_ops: the same formula (6 × tokens ×
+        # non-embedding parameters), with the parameters counted once instead of by a module walk at every step.
+        if self.per_step_walks:
+            return super().floating_point_ops(inputs)
+        model = self.model
+        name = getattr(model, "main_input_name", "input_ids")
+        if name not in inputs or not hasattr(model, "num_parameters"):
+            return 0
+        if self._flop_parameters is None:
+            self._flop_parameters = model.num_parameters(exclude_embeddings=True)
+        return 6 * inputs[name].numel() * self._flop_parameters
+
+    def _clip_grad_norm(self, model: Any) -> Any:
+        # Written against transformers 5.24's private Trainer._clip_grad_norm, which walks model.parameters() at
+        # every step: the same norm over the same parameters in the same order (clip_grad_norm_ skips those without
+        # a gradient, and only the ones that train have one). Sharded set-ups keep Trainer's own path.
+        if self.per_step_walks or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._clip_grad_norm(model)
+        if self._has_mixed_mesh_grads(model):
+            return super()._clip_grad_norm(model)
+        if self._trainable is None:
+            self._trainable = [p for p in model.parameters() if p.requires_grad]
+        return self.accelerator.clip_grad_norm_(self._trainable, self.args.max_grad_norm)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        # Written against transformers 5.24's private Trainer._get_train_sampler: for `training.group_by_length`
+        # Trainer reads `dataset["length"]`, which on the cache's datasets runs the loader's transform (pixel work)
+        # for every sample, many times; the stored column is read instead, and the order is a function of
+        # (seed, epoch) so a resumed run sees the batches of the uninterrupted one.
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if (lengths := stored_lengths(self.args, dataset)) is None:
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return epoch_seeded_length_sampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths, seed
+        )
+
+    def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+        # Written against transformers 5.24's private Trainer._get_eval_sampler; replaces its length lookup as above.
+        if (lengths := stored_lengths(self.args, eval_dataset)) is None:
+            return super()._get_eval_sampler(eval_dataset)
+        import torch
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return LengthGroupedSampler(
+            self.args.eval_batch_size, lengths=lengths, generator=torch.Generator().manual_seed(seed)
+        )
