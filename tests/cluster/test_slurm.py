@@ -174,3 +174,17 @@ def test_stop_request_saves_and_stops_at_the_step_end() -> None:
         assert control.should_save and control.should_training_stop
     finally:
         clear_stop_request()
+
+
+def test_a_link_pickled_before_the_wings_still_loads() -> None:
+    """submitit pickles of chains queued before the restructure name `vlmtune_cli.slurm.ChainLink`: they must load
+    (and requeue) as the link of today. The file was written by the code of the commit before the move."""
+    import pickle
+
+    from vlmtune_cli.cluster.link import ChainLink, LinkSpec
+
+    delayed = pickle.loads((EXPECTED / "chainlink-before-wings.pkl").read_bytes())
+    assert type(delayed.function) is ChainLink and type(delayed.function.spec) is LinkSpec
+    assert delayed.function.spec.link == 2 and delayed.function.spec.stop_at_epoch == 2
+    again = delayed.function.checkpoint()
+    assert type(again.function) is ChainLink and again.function.spec == delayed.function.spec

@@ -1,4 +1,4 @@
-"""Job chains: the plan, what each link did, and submit / resume / cancel / run-here (status: chain_status.py).
+"""Job chains: the plan and submit / resume / cancel / run-here (status: status.py; the job body: link.py).
 
 A chain of N links with `chain.epochs_per_job` = E plans N × E epochs: its effective recipe sets
 `training.epochs = N × E` and `chain.total_jobs = N` (so the run directory's recipe.toml says so, and the LR
@@ -7,7 +7,7 @@ resuming from the newest complete checkpoint, and ends with a checkpoint; the la
 saves final/. The result equals one `vlmtune train` of the effective recipe, bitwise on CPU.
 
 The manifest (`chain.json`) and the per-link records (`chain-links/link-K.json`) are described in
-chain_records.py.
+records.py.
 
 A submission that fails halfway leaves the manifest with the links that were submitted (job ids) and the
 error of the one that was not; `chain resume` submits the rest.
@@ -16,24 +16,20 @@ error of the one that was not; `chain resume` submits the rest.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+from vlmtune_cli.cluster.link import LinkSpec, run_link
 from vlmtune_cli.cluster.records import (
     MANIFEST,
-    link_trained,
     manifest_path,
     new_manifest,
     now,
-    read_link_record,
     read_manifest,
-    trained_epochs,
-    write_link_record,
     write_manifest,
 )
+from vlmtune_cli.cluster.sbatch import SlurmFlags, link_parameters, require_sbatch
 from vlmtune_cli.cluster.status import SLURM_TIMEOUT_S, chain_status
 from vlmtune_cli.config.recipe import validate
 from vlmtune_cli.config.schema import Recipe
@@ -55,9 +51,7 @@ def plan(recipe: Recipe, total_jobs: int | None) -> Recipe:
     return validate(data)
 
 
-def link_specs(recipe: Recipe, settings: Settings, argv: list[str]) -> list[Any]:
-    from vlmtune_cli.cluster.sbatch import LinkSpec
-
+def link_specs(recipe: Recipe, settings: Settings, argv: list[str]) -> list[LinkSpec]:
     data = recipe.model_dump(mode="json")
     return [
         LinkSpec(
@@ -74,105 +68,21 @@ def link_specs(recipe: Recipe, settings: Settings, argv: list[str]) -> list[Any]
     ]
 
 
-def run_link(spec: Any, *, job_id: str | None = None, attempt: int = 0) -> dict[str, Any]:
-    """Train one link (here, or inside a SLURM job), recording its start and end in the run directory."""
-    from vlmtune_cli.train.callbacks import stop_requested
-    from vlmtune_cli.train.trainer import train
-
-    recipe = spec.load_recipe()
-    settings = spec.settings()
-    run = run_dir_for(recipe, settings.runs_dir)
-    previous = read_link_record(run.path, spec.link)
-    history = previous.get("history", []) + [{k: v for k, v in previous.items() if k != "history"}] if previous else []
-    epoch_start, _ = trained_epochs(run, recipe.training.epochs)
-    record: dict[str, Any] = {
-        "link": spec.link,
-        "state": "running",
-        "job_id": job_id,
-        "attempt": attempt,
-        "host": socket.gethostname(),
-        "world_size": int(os.environ.get("WORLD_SIZE", "1") or 1),
-        "stop_at_epoch": spec.stop_at_epoch,
-        "started": now(),
-        "ended": None,
-        "epoch_start": epoch_start,
-        "epoch_end": None,
-        "global_step": None,
-        "checkpoint": None,
-        "error": None,
-        "history": history,
-    }
-    if link_trained(run, spec.stop_at_epoch, recipe.training.epochs):
-        record.update(state="done", ended=now(), epoch_end=epoch_start, note="already trained: nothing to do")
-        _benchmark_at_end(spec, recipe, run, settings, record)
-        write_link_record(run.path, record)
-        return {"link": spec.link, "done": True, "global_step": None}
-    write_link_record(run.path, record)
-    try:
-        result = train(recipe, settings, stop_at_epoch=spec.stop_at_epoch, argv=spec.argv or sys.argv)
-    except BaseException as exc:
-        record.update(state="failed", ended=now(), error=getattr(exc, "message", None) or repr(exc))
-        write_link_record(run.path, record)
-        raise
-    epoch_end, checkpoint = trained_epochs(run, recipe.training.epochs)
-    done = result.final_dir is not None or link_trained(run, spec.stop_at_epoch, recipe.training.epochs)
-    if int(os.environ.get("RANK", "0") or 0) != 0:
-        done = done or not stop_requested()
-    record.update(
-        state="done" if done else "interrupted",
-        ended=now(),
-        epoch_end=epoch_end,
-        global_step=result.global_step,
-        checkpoint=str(checkpoint) if checkpoint else None,
-    )
-    if done:
-        _benchmark_at_end(spec, recipe, run, settings, record)
-    write_link_record(run.path, record)
-    return {"link": spec.link, "done": done, "global_step": result.global_step}
-
-
-def _benchmark_at_end(spec: Any, recipe: Recipe, run: RunDir, settings: Settings, record: dict[str, Any]) -> None:
-    """The last link benchmarks final/ when the recipe asks (`chain.benchmark_at_end`), once per run.
-
-    A failing benchmark does not fail the link: training is done and saved. The error goes into the link record
-    (and `chain status`); `vlmtune benchmark RUN_DIR` repeats it by hand.
-    """
-    if (
-        spec.stop_at_epoch is not None
-        or not recipe.chain.benchmark_at_end
-        or not run.is_finished()
-        or int(os.environ.get("RANK", "0") or 0) != 0
-    ):
-        return
-    from vlmtune_cli.eval import benchmark
-
-    target = benchmark.run_target(run.path)
-    if target.metrics_file.is_file():
-        record["benchmark"] = str(target.metrics_file)
-        return
-    try:
-        result = benchmark.benchmark(target, settings.cache_dir)
-    except VlmtuneError as exc:
-        record["benchmark_error"] = exc.message
-        print(f"benchmark after the last link failed: {exc.message}", file=sys.stderr)
-        return
-    record["benchmark"] = str(result.target.metrics_file)
-
-
 # --- submit / resume / cancel --------------------------------------------------------------------
 
 
 def _submit_links(
     manifest: dict[str, Any],
     run: RunDir,
-    specs: list[Any],
+    specs: list[LinkSpec],
     settings: Settings,
     first: int,
     after: str | None,
     flags: Any,
 ) -> list[str]:
     """Submit links `first`..N (each afterok on the previous), recording each in the manifest as it goes."""
-    from vlmtune_cli.cluster.sbatch import ChainLink, make_executor, sbatch_parameters, submit_job
+    from vlmtune_cli.cluster.executor import make_executor, submit_job
+    from vlmtune_cli.cluster.link import ChainLink
 
     recipe = validate(manifest["recipe"])
     folder = Path(manifest["submitit_folder"])
@@ -180,13 +90,7 @@ def _submit_links(
     previous = after
     for spec in specs[first - 1 :]:
         entry = manifest["links"][spec.link - 1]
-        params = sbatch_parameters(
-            recipe.slurm,
-            settings,
-            flags,
-            job_name=f"vlmtune-{recipe.variant}-{spec.link}of{spec.total_jobs}",
-            dependency=f"afterok:{previous}" if previous else None,
-        )
+        params = link_parameters(recipe, settings, flags, spec.link, previous)
         try:
             executor = make_executor(folder, params, python=manifest.get("python"))
             job_id = submit_job(executor, ChainLink(spec))
@@ -222,8 +126,6 @@ def submit_chain(
     argv: list[str],
 ) -> tuple[dict[str, Any], list[str]]:
     """Submit every link of the (effective) recipe's chain; returns the manifest and the job ids."""
-    from vlmtune_cli.cluster.sbatch import require_sbatch
-
     require_sbatch()
     run = run_dir_for(recipe, settings.runs_dir)
     if manifest_path(run.path).exists():
@@ -258,8 +160,6 @@ def resolve_run_dir(target: Path | None, settings: Settings) -> Path:
 
 def resume_chain(run_dir: Path, settings: Settings, flags: Any, argv: list[str]) -> list[str]:
     """Resubmit the links not done and not queued; returns their new job ids ([] when nothing is left)."""
-    from vlmtune_cli.cluster.sbatch import SlurmFlags, require_sbatch
-
     manifest, rows = chain_status(run_dir)
     if manifest["backend"] != "slurm":
         raise UsageError(f"{run_dir} holds a local chain", hint="continue it with `vlmtune chain run`")

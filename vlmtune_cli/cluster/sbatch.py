@@ -1,4 +1,5 @@
-"""SLURM through submitit: the sbatch parameters of a recipe, the executor, and the job function of a chain link.
+"""The sbatch parameters of a recipe and the script they make. Pure: nothing here submits, and submitit is
+imported only to render a script for `--dry-run` (executor.py submits, link.py is the job body).
 
 Parameters, highest precedence first: `vlmtune submit` flags (`--partition`, `--time`, `--nodes`,
 `--gpus-per-node`), the recipe's `[slurm]` table, the workspace defaults (`[slurm]` in vlmtune.toml:
@@ -16,40 +17,22 @@ Mapping to sbatch (`sbatch_parameters`):
 
 The job runs `python -u -m submitit.core._submit` with the Python that submitted it (`sys.executable`: the
 venv of this checkout), one process per task; its log is `<run_dir>/slurm/<job id>_0_log.out`.
-
-Preemption and time limit (`ChainLink`): SLURM sends USR2 `signal_delay` seconds before the limit (and on
-preemption when the cluster is configured so). submitit's handler would checkpoint at once, from inside whatever
-the trainer is doing, so the link replaces it by `request_stop()`: the trainer finishes the current optimiser
-step, saves a complete checkpoint (`StopOnRequest`, all ranks agreeing on the step), returns, and only then is
-submitit's handler called: it asks `ChainLink.checkpoint()` for the resubmission (the same link: it resumes from
-the newest complete checkpoint), requeues the job (same job id) and exits. Nothing trained before the signal is
-lost except the step in flight. A signal that arrives before the link installed its handler (in the first
-second of the job) is handled by submitit itself: no training has happened yet, the link is simply requeued.
-A link requeues at most `slurm_max_num_timeout` times (`MAX_NUM_TIMEOUT`). A SIGKILL (scancel, the end of the
-grace time) loses what was trained since the last complete checkpoint; the next run resumes from that.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 import shlex
 import shutil
-import signal
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import submitit
-
 from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.config.settings import Settings
-from vlmtune_cli.errors import UsageError, VlmtuneError
-
-MAX_NUM_TIMEOUT = 20
-"""How many times one link may be requeued after its time-limit / preemption signal."""
+from vlmtune_cli.errors import UsageError
 
 _TIME_RE = re.compile(r"^(?:(?P<days>\d+)-)?(?P<rest>\d+(?::\d{1,2}){0,2})$")
 
@@ -150,100 +133,18 @@ def require_sbatch() -> None:
         )
 
 
-def make_executor(folder: Path, params: dict[str, Any], python: str | None = None) -> Any:
-    """A SlurmExecutor logging to `folder/<job id>_0_log.out`; a link is requeued up to MAX_NUM_TIMEOUT times."""
-    require_sbatch()
-    executor = submitit.SlurmExecutor(folder=Path(folder), max_num_timeout=MAX_NUM_TIMEOUT, python=python)
-    try:
-        executor.update_parameters(**params)
-    except ValueError as exc:
-        raise UsageError(f"invalid SLURM parameters: {exc}") from None
-    return executor
+def link_parameters(
+    recipe: Recipe, settings: Settings, flags: SlurmFlags, link: int, previous_job: str | None
+) -> dict[str, Any]:
+    """The sbatch parameters of link `link` of the recipe's chain, after `previous_job` (None for the first).
 
-
-def submit_job(executor: Any, function: Any) -> str:
-    """Submit `function`; returns the job id. sbatch's refusal becomes a UsageError carrying SLURM's message."""
-    try:
-        job = executor.submit(function)
-    except Exception as exc:  # submitit wraps sbatch's stderr in FailedJobError / FailedSubmissionError
-        message = str(exc).strip()
-        detail = " ".join(line.strip() for line in message.splitlines() if "error" in line.lower()) or message
-        if "generic resource" in message.lower() or "gres" in message.lower():
-            raise UsageError(
-                f"SLURM refused the GPU request: {detail}",
-                hint="this cluster has no such GPUs: set slurm.gpus_per_node = 0 in the recipe (or --gpus-per-node 0)",
-            ) from None
-        if "unable to contact" in message.lower() or "connect" in message.lower():
-            raise VlmtuneError(f"SLURM did not answer: {detail}", hint="is the cluster up? (`sinfo`)") from None
-        if "sbatch" in message.lower():
-            raise UsageError(f"SLURM refused the job: {detail}") from None
-        raise VlmtuneError(f"submitting to SLURM failed: {detail}") from None
-    return str(job.job_id)
-
-
-# --- the job function ----------------------------------------------------------------------------
-
-
-@dataclass
-class LinkSpec:
-    """Everything a link needs, passed explicitly (the job must not depend on the submitter's environment)."""
-
-    recipe: dict[str, Any]
-    """The chain's effective recipe, resolved (`training.epochs` = total_jobs × epochs_per_job)."""
-    link: int
-    """1-based."""
-    total_jobs: int
-    epochs_per_job: int
-    cwd: str
-    runs_dir: str
-    cache_dir: str
-    argv: list[str] = field(default_factory=list)
-
-    @property
-    def stop_at_epoch(self) -> int | None:
-        """None for the last link: it runs to the end and saves final/."""
-        return None if self.link >= self.total_jobs else self.link * self.epochs_per_job
-
-    def settings(self) -> Settings:
-        return Settings(runs_dir=Path(self.runs_dir), cache_dir=Path(self.cache_dir))
-
-    def load_recipe(self) -> Recipe:
-        from vlmtune_cli.config.recipe import validate
-
-        return validate(self.recipe, default_origin="chain manifest")
-
-
-class ChainLink(submitit.helpers.Checkpointable):
-    """One link of a chain as a submitit job: trains to its epoch boundary, requeues itself on USR2."""
-
-    def __init__(self, spec: LinkSpec) -> None:
-        self.spec = spec
-
-    def __call__(self) -> dict[str, Any]:
-        spec = self.spec
-        os.chdir(spec.cwd)
-        os.environ["VLMTUNE_RUNS_DIR"] = spec.runs_dir
-        os.environ["VLMTUNE_CACHE_DIR"] = spec.cache_dir
-        env = submitit.JobEnvironment()
-        if env.num_tasks > 1:
-            # env:// variables for torch.distributed (TRL/accelerate read them); one GPU per task, chosen by
-            # LOCAL_RANK, so CUDA_VISIBLE_DEVICES is left as SLURM set it.
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        from vlmtune_cli.cluster.chain import run_link
-        from vlmtune_cli.train.callbacks import clear_stop_request, request_stop, stop_requested
-
-        clear_stop_request()
-        submitit_handler = signal.getsignal(signal.SIGUSR2)
-        signal.signal(signal.SIGUSR2, lambda signum, frame: request_stop())
-        outcome = run_link(spec, job_id=env.job_id, attempt=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0))
-        if stop_requested() and not outcome["done"] and callable(submitit_handler):
-            submitit_handler(signal.SIGUSR2, None)  # checkpoint() → requeue → exit; ranks > 0 just return
-        return outcome
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        """The resubmission after a requeue: the same link, resuming from the newest complete checkpoint."""
-        return submitit.helpers.DelayedSubmission(ChainLink(self.spec))
-
-
-def spec_as_dict(spec: LinkSpec) -> dict[str, Any]:
-    return asdict(spec)
+    `vlmtune submit --dry-run` and the real submission both call this, so the printed scripts are the ones sent.
+    """
+    total = recipe.chain.total_jobs
+    return sbatch_parameters(
+        recipe.slurm,
+        settings,
+        flags,
+        job_name=f"vlmtune-{recipe.variant}-{link}of{total}",
+        dependency=f"afterok:{previous_job}" if previous_job else None,
+    )

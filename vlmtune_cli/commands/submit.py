@@ -44,7 +44,7 @@ def submit(
 ) -> None:
     """Submit a recipe to SLURM as a chain of jobs (checkpointing and requeueing on the time limit)."""
     from vlmtune_cli.cluster import chain as chains
-    from vlmtune_cli.cluster.sbatch import SlurmFlags, sbatch_parameters, sbatch_script, time_to_seconds
+    from vlmtune_cli.cluster.sbatch import SlurmFlags, link_parameters, sbatch_script, time_to_seconds
 
     if chain is not None and chain < 1:
         raise UsageError(f"--chain {chain}: a chain needs at least one job")
@@ -63,13 +63,7 @@ def submit(
         folder = run_dir_for(effective, settings.runs_dir).path.resolve() / "slurm"
         scripts = []
         for k in range(1, effective.chain.total_jobs + 1):
-            params = sbatch_parameters(
-                effective.slurm,
-                settings,
-                flags,
-                job_name=f"vlmtune-{effective.variant}-{k}of{effective.chain.total_jobs}",
-                dependency=f"afterok:<job id of link {k - 1}>" if k > 1 else None,
-            )
+            params = link_parameters(effective, settings, flags, k, f"<job id of link {k - 1}>" if k > 1 else None)
             scripts.append(sbatch_script(params, folder))
         if as_json:
             typer.echo(
