@@ -47,8 +47,8 @@ def test_group_by_length_reads_the_stored_lengths(
     assert list(train_set.with_format(None)["length"]) == lengths
     model = loading.load_model(recipe.model, cache_dir)
     model = loading.apply_tuning(model, recipe.tuning, recipe.lora, seed=42)
-    built = trainer._build_trainer(
-        recipe, run_dir_for(recipe, load_settings().runs_dir), model, processor, train_set, None, None
+    built = trainer.build_trainer(
+        recipe, run_dir_for(recipe, load_settings().runs_dir), model, processor, train_set, None
     )
     calls = []
     original = inputs.ModelInputs.__call__

@@ -31,6 +31,7 @@ from vlmtune_cli.cluster.records import link_trained, now, read_link_record, tra
 from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.config.settings import Settings
 from vlmtune_cli.errors import VlmtuneError
+from vlmtune_cli.fsutil import is_rank_zero
 from vlmtune_cli.runs import RunDir, run_dir_for
 
 
@@ -140,7 +141,7 @@ def run_link(spec: LinkSpec, *, job_id: str | None = None, attempt: int = 0) -> 
         raise
     epoch_end, checkpoint = trained_epochs(run, recipe.training.epochs)
     done = result.final_dir is not None or link_trained(run, spec.stop_at_epoch, recipe.training.epochs)
-    if int(os.environ.get("RANK", "0") or 0) != 0:
+    if not is_rank_zero():
         done = done or not stop_requested()
     record.update(
         state="done" if done else "interrupted",
@@ -165,7 +166,7 @@ def _benchmark_at_end(spec: LinkSpec, recipe: Recipe, run: RunDir, settings: Set
         spec.stop_at_epoch is not None
         or not recipe.chain.benchmark_at_end
         or not run.is_finished()
-        or int(os.environ.get("RANK", "0") or 0) != 0
+        or not is_rank_zero()
     ):
         return
     from vlmtune_cli.eval import benchmark

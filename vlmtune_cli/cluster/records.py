@@ -32,6 +32,7 @@ from typing import Any
 from vlmtune_cli.config.recipe import validate
 from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.errors import UsageError
+from vlmtune_cli.fsutil import is_rank_zero
 from vlmtune_cli.runs import RunDir, write_atomic
 
 MANIFEST = "chain.json"
@@ -155,7 +156,7 @@ def read_link_record(run_dir: Path, link: int) -> dict[str, Any] | None:
 
 
 def write_link_record(run_dir: Path, record: dict[str, Any]) -> None:
-    if int(os.environ.get("RANK", "0") or 0) == 0:
+    if is_rank_zero():
         write_atomic(link_record_path(run_dir, record["link"]), json.dumps(record, indent=2) + "\n")
 
 

@@ -24,7 +24,6 @@ Imports nothing heavy: computing a fingerprint and answering a cache hit never l
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmtune_cli.config.schema import Recipe
+from vlmtune_cli.fsutil import exclusive_lock, replace_dir
 
 # Bump whenever vlmtune's encoding path (data.py's conversion of rows, labels.py, tokenized.py, the cache format)
 # changes what a cache entry holds: entries written by an older vlmtune then stop matching.
@@ -173,8 +173,7 @@ def locked(cache_dir: Path, key: str) -> Iterator[None]:
     """
     base = root(cache_dir)
     base.mkdir(parents=True, exist_ok=True)
-    with open(base / f".{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(base / f".{key}.lock"):
         yield
 
 
@@ -190,24 +189,20 @@ def staging_dir(cache_dir: Path, key: str) -> Path:
         if other == key:
             shutil.rmtree(leftover, ignore_errors=True)
             continue
-        with open(base / f".{other}.lock", "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # being built right now
-            shutil.rmtree(leftover, ignore_errors=True)
+        try:
+            with exclusive_lock(base / f".{other}.lock", wait=False):
+                shutil.rmtree(leftover, ignore_errors=True)
+        except BlockingIOError:
+            continue  # being built right now
     return Path(tempfile.mkdtemp(prefix=f".{key}.building-", dir=base))
 
 
 def commit(staging: Path, final: Path) -> None:
-    """Move a finished staging directory into place, replacing an older entry (`--force`)."""
-    if final.exists():
-        # A directory cannot be renamed over a non-empty one: move the old entry aside first. Readers that have
-        # its shards memory-mapped keep reading them until they close them.
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-        os.replace(final, old / "entry")
-        shutil.rmtree(old, ignore_errors=True)
-    os.replace(staging, final)
+    """Move a finished staging directory into place, replacing an older entry (`--force`).
+
+    Readers that have the old entry's shards memory-mapped keep reading them until they close them.
+    """
+    replace_dir(staging, final)
 
 
 def write_json(path: Path, value: Any) -> None:

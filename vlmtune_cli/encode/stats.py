@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-IGNORE_INDEX = -100
+from vlmtune_cli.encode.labels import IGNORE_INDEX
+
 LOSS_MODES = ("assistant", "all")
 TRAINED_STYLE = "bold green"
 MASKED_STYLE = "dim"

@@ -40,7 +40,8 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-Box = tuple[float, float, float, float]
+from vlmtune_cli.models.boxes import Box
+
 MATCH_IOU = 0.5
 RELAXED_TOLERANCE = 0.05
 

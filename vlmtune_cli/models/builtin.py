@@ -10,10 +10,11 @@ Heavy libraries are imported inside the builder so that importing this module st
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from vlmtune_cli.fsutil import replace_dir
 
 BUILD_INFO_FILE = "vlmtune_builtin.json"
 # Bump whenever the builder's output changes, so cached copies built by an older vlmtune are rebuilt.
@@ -355,12 +356,7 @@ def _atomic_build(out_dir: Path, name: str, write, seed: int) -> None:
         write(tmp, seed)
         info = {"builder": name, "builder_version": BUILDER_VERSION, "seed": seed}
         (tmp / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        if out_dir.exists():
-            # A directory cannot be renamed over a non-empty one: move the old copy aside first.
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old / "model")
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

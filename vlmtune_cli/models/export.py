@@ -35,6 +35,7 @@ from typing import Any
 from vlmtune_cli import __version__
 from vlmtune_cli.errors import UsageError, VlmtuneError
 from vlmtune_cli.eval.benchmark import Target, run_target
+from vlmtune_cli.fsutil import replace_dir
 
 # Files of a trainer checkpoint that are no part of a model.
 _TRAINING_STATE = {
@@ -203,7 +204,7 @@ def export(target: Target, cache_dir: Path, out: Path, *, merge: bool, force: bo
         }
         (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
         files = sorted(p.name for p in staging.iterdir())
-        _move_into_place(staging, out)
+        replace_dir(staging, out)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, OSError):
@@ -303,19 +304,3 @@ def _rename_class(data: Any, ours: str, stock: str) -> bool:
             else:
                 changed |= _rename_class(value, ours, stock)
     return changed
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    """Rename the finished staging folder to `out`; an old `out` (empty, or replaced by --force) goes last."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.replaced-{os.getpid()}"
-        os.rename(out, old)
-    try:
-        os.rename(staging, out)
-    except OSError:
-        if old is not None:
-            os.rename(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

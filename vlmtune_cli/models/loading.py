@@ -12,7 +12,6 @@ Freezing works per component (vision encoder, projector, language model), each `
 
 from __future__ import annotations
 
-import fcntl
 import importlib
 import importlib.util
 from collections.abc import Iterable
@@ -21,6 +20,7 @@ from typing import Any
 
 from vlmtune_cli.config.schema import DataSection, LoraSection, ModelSection, TuningSection
 from vlmtune_cli.errors import UsageError, VlmtuneError
+from vlmtune_cli.fsutil import exclusive_lock
 from vlmtune_cli.models.builtin import BUILDERS, is_current_build, remove_leftovers
 from vlmtune_cli.models.families import COMPONENTS, Family, component_of, family_for_model_type, find_component
 
@@ -41,9 +41,7 @@ def resolve_model_path(name: str, cache_dir: Path) -> str:
     if is_current_build(target):
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # flock is released by the kernel when a holder dies, so a killed build never blocks later ones.
-    with open(target.parent / f".{dirname}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(target.parent / f".{dirname}.lock"):  # a killed build never blocks later ones
         if not is_current_build(target):
             remove_leftovers(target)
             build(target)

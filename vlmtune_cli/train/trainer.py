@@ -23,6 +23,7 @@ from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.config.settings import Settings
 from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import UsageError, VlmtuneError
+from vlmtune_cli.fsutil import exclusive_lock, is_rank_zero, replace_dir
 from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for, write_atomic, write_env
 
 
@@ -335,8 +336,7 @@ def _save_final(trainer: Any, processor: Any, run: RunDir) -> Path:
     trainer.model.save_pretrained(staging)
     processor.save_pretrained(staging)
     mark_complete(staging, {"global_step": trainer.state.global_step})
-    shutil.rmtree(run.final, ignore_errors=True)
-    staging.rename(run.final)
+    replace_dir(staging, run.final)
     return run.final
 
 
@@ -356,36 +356,29 @@ def _run_dir_lock(run: RunDir) -> Iterator[None]:
     deleted; the kernel drops the lock when its holder exits however it exits, so a crash leaves nothing
     stuck. Under torch.distributed only rank 0 (env `RANK`) takes it: the other ranks train the same run.
     """
-    if int(os.environ.get("RANK", "0") or 0) != 0:
+    if not is_rank_zero():
         yield
         return
-    import fcntl
     import socket
 
     path = run.path.parent / f".{run.path.name}.lock"
-    try:
-        run.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (closed by the `with` below)
-    except OSError as exc:
-        raise UsageError(
-            f"cannot write to runs_dir {run.path.parent}: {exc.strerror or exc}",
-            hint="set runs_dir in vlmtune.toml or VLMTUNE_RUNS_DIR to a writable folder",
-        ) from None
-    with handle:
+    with contextlib.ExitStack() as stack:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            run.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = stack.enter_context(exclusive_lock(path, wait=False))
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = path.read_text(encoding="utf-8").strip() or "another process"
             raise UsageError(
                 f"{run.path} is being trained by {holder}; two trainings cannot write one run directory",
                 hint="wait for it to end (`vlmtune chain status` for a chain), or give this recipe its own `variant`",
+            ) from None
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write to runs_dir {run.path.parent}: {exc.strerror or exc}",
+                hint="set runs_dir in vlmtune.toml or VLMTUNE_RUNS_DIR to a writable folder",
             ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        yield
