@@ -33,6 +33,7 @@ from vlmtune_cli.errors import UsageError
 
 COMPLETE_MARKER = "COMPLETE"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+_CHECKPOINT_NAME = re.compile(r"^(?:checkpoint-)?(\d+)$")
 _RECORDED_PACKAGES = (
     "vlmtune",
     "torch",
@@ -183,3 +184,115 @@ def _git_commit(directory: Path) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+# --- what a command evaluates or exports: a run's final/, one of its checkpoints, or a base model -----
+
+
+@dataclass(frozen=True)
+class Target:
+    """One thing to benchmark: a run's final weights, one of its checkpoints, or a recipe's base model."""
+
+    name: str
+    """How tables and the report name it."""
+    run_dir: Path
+    """Where the result files go."""
+    recipe: Recipe
+    checkpoint: str
+    """`final`, `checkpoint-N` or `base`."""
+    weights: Path | None
+    """The directory holding the weights and processor; None for the base model."""
+
+    def _file(self, stem: str, suffix: str) -> Path:
+        tag = "" if self.checkpoint == "final" else f"-{self.checkpoint}"
+        return self.run_dir / f"{stem}{tag}{suffix}"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self._file("metrics", ".json")
+
+    @property
+    def predictions_file(self) -> Path:
+        return self._file("predictions", ".jsonl")
+
+
+def checkpoint_name(value: str | None) -> str:
+    """`final`, or `checkpoint-N` from `N` / `checkpoint-N`. Raises UsageError for anything else."""
+    if value is None or value == "final":
+        return "final"
+    match = _CHECKPOINT_NAME.match(value)
+    if match is None:
+        raise UsageError(f"--checkpoint {value!r}: expected final, checkpoint-N or N (e.g. checkpoint-600)")
+    return f"checkpoint-{match.group(1)}"
+
+
+def run_target(path: Path, checkpoint: str | None = None, command: str = "benchmark", args: str = "") -> Target:
+    """The run in `path`, at its final weights or a named complete checkpoint (N or checkpoint-N).
+
+    Raises UsageError for a directory that is not a run, a run that did not finish (listing its checkpoints and
+    suggesting `vlmtune {command} {path}{args} --checkpoint ...`), or a checkpoint that is missing or incomplete.
+    """
+    run = RunDir(Path(path))
+    if not run.path.is_dir():
+        raise UsageError(f"{path}: no such run directory")
+    if not run.recipe_file.is_file():
+        raise UsageError(
+            f"{path} is not a run directory (no recipe.toml in it)",
+            hint="a run directory is <runs_dir>/<variant>/, as `vlmtune train` writes it",
+        )
+    recipe = load_recipe(run.recipe_file, environ={})
+    name = checkpoint_name(checkpoint)
+    complete = [p.name for p in run.complete_checkpoints()]
+    hint = (
+        f"use a checkpoint: vlmtune {command} {path}{args} --checkpoint {complete[-1]}"
+        if complete
+        else f"train it first: vlmtune train {run.recipe_file}"
+    )
+    if name == "final":
+        if not run.is_finished():
+            raise UsageError(f"{path} has no finished final/ (training did not finish){_listing(run)}", hint=hint)
+        return Target(_display(run.path), run.path, recipe, name, run.final)
+    weights = run.checkpoints / name
+    if not is_complete(weights):
+        state = "is incomplete (cut short while saving)" if weights.is_dir() else "does not exist"
+        raise UsageError(f"{path}: checkpoint {name} {state}{_listing(run)}", hint=hint)
+    return Target(f"{_display(run.path)}@{name}", run.path, recipe, name, weights)
+
+
+def _display(path: Path) -> str:
+    """A path as tables show it: relative to the current directory when it lies below it."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _listing(run: RunDir) -> str:
+    complete = [p.name for p in run.complete_checkpoints()]
+    incomplete = [p.name for p in run.incomplete_checkpoints()]
+    text = f"; complete checkpoints: {', '.join(complete)}" if complete else "; it has no complete checkpoint"
+    return text + (f"; incomplete: {', '.join(incomplete)}" if incomplete else "")
+
+
+def latest_run(runs_dir: Path) -> Path:
+    """The run in `runs_dir` whose final/ was completed last. Raises UsageError when there is none."""
+    runs_dir = Path(runs_dir)
+    dirs = sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
+    finished = [p for p in dirs if is_complete(p / "final")]
+    if finished:
+        return max(finished, key=lambda p: (p / "final" / COMPLETE_MARKER).stat().st_mtime)
+    unfinished = [p.name for p in dirs if (p / "recipe.toml").is_file()]
+    if unfinished:
+        raise UsageError(
+            f"no run in {runs_dir} has finished; unfinished runs: {', '.join(unfinished)}",
+            hint=f"name one with a checkpoint: vlmtune benchmark {runs_dir / unfinished[0]} --checkpoint checkpoint-N",
+        )
+    raise UsageError(
+        f"no runs in {runs_dir} yet", hint="train one (vlmtune train recipes/smoke.toml) or name a run directory"
+    )
+
+
+def base_target(recipe_path: Path, runs_dir: Path) -> Target:
+    """The untrained base model of a recipe, evaluated with the recipe's data; results go next to its run."""
+    recipe = load_recipe(recipe_path)
+    return Target(f"{recipe.variant} (base model)", Path(runs_dir) / recipe.variant, recipe, "base", None)

@@ -1,8 +1,9 @@
 """The core of `vlmtune benchmark`: what to evaluate, batched generation, parsing, scoring, result files.
 
-`benchmark` reads top to bottom: the run's saved recipe → its processor and weights → the split, regenerated
-with the same data settings → prompts without the answer → greedy generation in left-padded batches → boxes
-parsed per family (or answers compared as text) → metrics → predictions file, then metrics file.
+What to evaluate (a run, a checkpoint, a base model) is resolved in runs.py, its weights loaded by
+models/weights.py. `benchmark` reads top to bottom: the run's saved recipe → its processor and weights → the
+split, regenerated with the same data settings → prompts without the answer → greedy generation in left-padded
+batches → boxes parsed per family (or answers compared as text) → metrics → predictions file, then metrics file.
 
 Where results go (`Target.metrics_file`):
   a run's final/            <run>/predictions.jsonl and <run>/metrics.json
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,40 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from vlmtune_cli import __version__
-from vlmtune_cli.config.recipe import load_recipe
 from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.errors import UsageError, VlmtuneError
-from vlmtune_cli.runs import COMPLETE_MARKER, RunDir, is_complete, write_atomic
+from vlmtune_cli.models.weights import check_family, load_model, load_processor_and_family  # noqa: F401
+from vlmtune_cli.runs import Target, base_target, checkpoint_name, latest_run, run_target, write_atomic  # noqa: F401
 
 EXAMPLES_KEPT = 4
-_CHECKPOINT_NAME = re.compile(r"^(?:checkpoint-)?(\d+)$")
-
-
-@dataclass(frozen=True)
-class Target:
-    """One thing to benchmark: a run's final weights, one of its checkpoints, or a recipe's base model."""
-
-    name: str
-    """How tables and the report name it."""
-    run_dir: Path
-    """Where the result files go."""
-    recipe: Recipe
-    checkpoint: str
-    """`final`, `checkpoint-N` or `base`."""
-    weights: Path | None
-    """The directory holding the weights and processor; None for the base model."""
-
-    def _file(self, stem: str, suffix: str) -> Path:
-        tag = "" if self.checkpoint == "final" else f"-{self.checkpoint}"
-        return self.run_dir / f"{stem}{tag}{suffix}"
-
-    @property
-    def metrics_file(self) -> Path:
-        return self._file("metrics", ".json")
-
-    @property
-    def predictions_file(self) -> Path:
-        return self._file("predictions", ".jsonl")
 
 
 @dataclass
@@ -86,158 +58,6 @@ class BenchmarkResult:
     @property
     def metrics(self) -> dict[str, Any]:
         return self.record["metrics"]
-
-
-# --- what to benchmark (no torch needed) -------------------------------------------------------------
-
-
-def checkpoint_name(value: str | None) -> str:
-    """`final`, or `checkpoint-N` from `N` / `checkpoint-N`. Raises UsageError for anything else."""
-    if value is None or value == "final":
-        return "final"
-    match = _CHECKPOINT_NAME.match(value)
-    if match is None:
-        raise UsageError(f"--checkpoint {value!r}: expected final, checkpoint-N or N (e.g. checkpoint-600)")
-    return f"checkpoint-{match.group(1)}"
-
-
-def run_target(path: Path, checkpoint: str | None = None, command: str = "benchmark", args: str = "") -> Target:
-    """The run in `path`, at its final weights or a named complete checkpoint (N or checkpoint-N).
-
-    Raises UsageError for a directory that is not a run, a run that did not finish (listing its checkpoints and
-    suggesting `vlmtune {command} {path}{args} --checkpoint ...`), or a checkpoint that is missing or incomplete.
-    """
-    run = RunDir(Path(path))
-    if not run.path.is_dir():
-        raise UsageError(f"{path}: no such run directory")
-    if not run.recipe_file.is_file():
-        raise UsageError(
-            f"{path} is not a run directory (no recipe.toml in it)",
-            hint="a run directory is <runs_dir>/<variant>/, as `vlmtune train` writes it",
-        )
-    recipe = load_recipe(run.recipe_file, environ={})
-    name = checkpoint_name(checkpoint)
-    complete = [p.name for p in run.complete_checkpoints()]
-    hint = (
-        f"use a checkpoint: vlmtune {command} {path}{args} --checkpoint {complete[-1]}"
-        if complete
-        else f"train it first: vlmtune train {run.recipe_file}"
-    )
-    if name == "final":
-        if not run.is_finished():
-            raise UsageError(f"{path} has no finished final/ (training did not finish){_listing(run)}", hint=hint)
-        return Target(_display(run.path), run.path, recipe, name, run.final)
-    weights = run.checkpoints / name
-    if not is_complete(weights):
-        state = "is incomplete (cut short while saving)" if weights.is_dir() else "does not exist"
-        raise UsageError(f"{path}: checkpoint {name} {state}{_listing(run)}", hint=hint)
-    return Target(f"{_display(run.path)}@{name}", run.path, recipe, name, weights)
-
-
-def _display(path: Path) -> str:
-    """A path as tables show it: relative to the current directory when it lies below it."""
-    try:
-        return str(path.absolute().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def _listing(run: RunDir) -> str:
-    complete = [p.name for p in run.complete_checkpoints()]
-    incomplete = [p.name for p in run.incomplete_checkpoints()]
-    text = f"; complete checkpoints: {', '.join(complete)}" if complete else "; it has no complete checkpoint"
-    return text + (f"; incomplete: {', '.join(incomplete)}" if incomplete else "")
-
-
-def latest_run(runs_dir: Path) -> Path:
-    """The run in `runs_dir` whose final/ was completed last. Raises UsageError when there is none."""
-    runs_dir = Path(runs_dir)
-    dirs = sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
-    finished = [p for p in dirs if is_complete(p / "final")]
-    if finished:
-        return max(finished, key=lambda p: (p / "final" / COMPLETE_MARKER).stat().st_mtime)
-    unfinished = [p.name for p in dirs if (p / "recipe.toml").is_file()]
-    if unfinished:
-        raise UsageError(
-            f"no run in {runs_dir} has finished; unfinished runs: {', '.join(unfinished)}",
-            hint=f"name one with a checkpoint: vlmtune benchmark {runs_dir / unfinished[0]} --checkpoint checkpoint-N",
-        )
-    raise UsageError(
-        f"no runs in {runs_dir} yet", hint="train one (vlmtune train recipes/smoke.toml) or name a run directory"
-    )
-
-
-def base_target(recipe_path: Path, runs_dir: Path) -> Target:
-    """The untrained base model of a recipe, evaluated with the recipe's data; results go next to its run."""
-    recipe = load_recipe(recipe_path)
-    return Target(f"{recipe.variant} (base model)", Path(runs_dir) / recipe.variant, recipe, "base", None)
-
-
-# --- loading -------------------------------------------------------------------------------------------
-
-
-def check_family(target: Target, family: Any) -> None:
-    """Refuse weights of another model family than the run's recipe names. Raises UsageError."""
-    weights = target.weights
-    if weights is None:
-        return
-    adapter = weights / "adapter_model.safetensors"
-    if (weights / "adapter_config.json").is_file():
-        if not adapter.is_file():
-            return  # an old-style .bin adapter: PEFT's own loading reports a mismatch
-        from safetensors import safe_open
-
-        from vlmtune_cli.models.families import find_component
-
-        with safe_open(str(adapter), framework="numpy") as handle:  # key names only; no torch needed
-            foreign = [key for key in handle.keys() if find_component(family, key) is None]
-        if foreign:
-            raise UsageError(
-                f"{target.run_dir}: recipe.toml says model.name = {target.recipe.model.name!r} ({family.name}), "
-                f"but the adapter in {weights} was trained on another model family ({foreign[0]} is no "
-                f"{family.name} weight)",
-                hint="restore model.name in recipe.toml to the model it was trained on",
-            )
-        return
-    config = weights / "config.json"
-    if not config.is_file():
-        raise UsageError(f"{weights} holds neither a PEFT adapter nor a model (no adapter_config.json, no config.json)")
-    model_type = json.loads(config.read_text()).get("model_type")
-    if model_type not in family.model_types:
-        raise UsageError(
-            f"{target.run_dir}: recipe.toml says model.name = {target.recipe.model.name!r} ({family.name}), "
-            f"but {weights} holds a {model_type!r} model",
-            hint="restore model.name in recipe.toml to the model it was trained on",
-        )
-
-
-def load_processor_and_family(target: Target, cache_dir: Path) -> tuple[Any, Any]:
-    """(processor, family) of a target: the processor saved with its weights, the recipe's pixel bounds.
-
-    Raises UsageError for weights of another family than the recipe names (see `check_family`).
-    """
-    from vlmtune_cli.models import loading
-
-    recipe = target.recipe
-    family = loading.load_family(recipe.model, cache_dir)
-    check_family(target, family)
-    return loading.load_processor(recipe.model, recipe.data, cache_dir, from_dir=target.weights), family
-
-
-def load_model(target: Target, cache_dir: Path) -> Any:
-    """The target's model in eval mode (adapters merged), on the GPU when there is one."""
-    import torch
-
-    from vlmtune_cli.models import loading
-
-    recipe = target.recipe
-    if target.weights is None:
-        model = loading.load_model(recipe.model, cache_dir)
-    else:
-        model = loading.load_trained_model(recipe.model, target.weights, cache_dir)
-    if torch.cuda.is_available() and recipe.model.quantization == "none":
-        model = model.to("cuda")
-    return model.eval()
 
 
 def check_split(recipe: Recipe, split: str) -> None:

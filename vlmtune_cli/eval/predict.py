@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmtune_cli.errors import UsageError, VlmtuneError
-from vlmtune_cli.eval.benchmark import Target
+from vlmtune_cli.runs import Target
 
 DEFAULT_OUT = "predictions-images"
 
@@ -147,6 +147,7 @@ def predict(
     from vlmtune_cli.eval import benchmark
     from vlmtune_cli.eval.report import draw_boxes
     from vlmtune_cli.models.boxes import parse_boxes, processor_resized_size
+    from vlmtune_cli.models.weights import load_model, load_processor_and_family
     from vlmtune_cli.runs import write_atomic
 
     images = open_images(image_paths)
@@ -155,7 +156,7 @@ def predict(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create {out}: {exc.strerror or exc}", hint="choose another --out") from None
-    processor, family = benchmark.load_processor_and_family(target, cache_dir)
+    processor, family = load_processor_and_family(target, cache_dir)
     if prompt is not None:
         system, text, source = [], prompt, "--prompt"
     else:
@@ -164,7 +165,7 @@ def predict(
         {"id": str(path), "messages": _messages(system, text), "images": [image]}
         for path, image in zip(image_paths, images, strict=True)
     ]
-    model = benchmark.load_model(target, cache_dir)
+    model = load_model(target, cache_dir)
     section = target.recipe.benchmark
     try:
         _, outputs = benchmark.generate(

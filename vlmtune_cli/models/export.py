@@ -34,8 +34,8 @@ from typing import Any
 
 from vlmtune_cli import __version__
 from vlmtune_cli.errors import UsageError, VlmtuneError
-from vlmtune_cli.eval.benchmark import Target, run_target
 from vlmtune_cli.fsutil import replace_dir
+from vlmtune_cli.runs import Target, run_target
 
 # Files of a trainer checkpoint that are no part of a model.
 _TRAINING_STATE = {
@@ -114,7 +114,7 @@ def find_run(run: Path, runs_dir: Path) -> Path:
 
 
 def run_weights(path: Path, checkpoint: str | None, command: str, args: str = "") -> Target:
-    """The run's final/ weights, or the complete checkpoint `checkpoint`; see `benchmark.run_target`."""
+    """The run's final/ weights, or the complete checkpoint `checkpoint`; see `runs.run_target`."""
     return run_target(path, checkpoint, command, args)
 
 
@@ -163,14 +163,14 @@ def export(target: Target, cache_dir: Path, out: Path, *, merge: bool, force: bo
     Raises UsageError for an `out` that exists (without `force`) or weights of another family, VlmtuneError when
     loading, merging or writing fails.
     """
-    from vlmtune_cli.eval import benchmark
     from vlmtune_cli.models import loading
+    from vlmtune_cli.models.weights import load_processor_and_family
 
     out = Path(out)
     check_out(out, force, target)
     kind = _kind(target, merge)
     recipe = target.recipe
-    processor, family = benchmark.load_processor_and_family(target, cache_dir)
+    processor, family = load_processor_and_family(target, cache_dir)
     base = loading.resolve_model_path(recipe.model.name, cache_dir)
     base_ref = base if not Path(base).exists() else str(Path(base).resolve())
     try:
