@@ -17,7 +17,7 @@ def render() -> str:
     lines = [
         "# Recipe reference",
         "",
-        "Generated from `vlmtune_cli/schema.py` by `python -m vlmtune_cli.config.reference > docs/recipes.md`.",
+        "Generated from `vlmtune_cli/config/schema.py` by `python -m vlmtune_cli.config.reference > docs/recipes.md`.",
         "Every key can be overridden with `--set table.key=value` or `VLMTUNE_TABLE__KEY=value`.",
         "",
         "## Top level",
