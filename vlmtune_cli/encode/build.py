@@ -32,7 +32,7 @@ from vlmtune_cli import __version__
 from vlmtune_cli.config.schema import DataSection, Recipe
 from vlmtune_cli.encode import cache
 from vlmtune_cli.encode.inputs import ModelInputs, probe_layout, processor_outputs
-from vlmtune_cli.encode.labels import LabelSpec, build_labels, count_trained
+from vlmtune_cli.encode.labels import LabelSpec, answer_tokens, build_labels, count_trained
 from vlmtune_cli.encode.stats import LOSS_MODES, SplitReport
 from vlmtune_cli.errors import UsageError, VlmtuneError
 
@@ -297,7 +297,13 @@ def _encode(job: _Job, sample: dict[str, Any], split: str, report: SplitReport) 
             )
         report.overlength.append(sample_id)
         return None
-    labels = build_labels(ids, job.loss_on, job.spec)  # type: ignore[arg-type]
+    try:
+        in_answer = answer_tokens(text, ids, processor.tokenizer, job.spec)
+    except VlmtuneError:
+        if job.loss_on == "assistant":
+            raise
+        in_answer = None  # only the statistics' "trained under loss_on=assistant" share is lost
+    labels = build_labels(ids, job.loss_on, job.spec, in_answer)  # type: ignore[arg-type]
     trained = count_trained(labels)
     if trained == 0:
         report.untrained.append(sample_id)
@@ -306,7 +312,9 @@ def _encode(job: _Job, sample: dict[str, Any], split: str, report: SplitReport) 
     report.total_tokens += len(ids)
     report.trained_tokens += trained
     for mode in LOSS_MODES:
-        n = trained if mode == job.loss_on else count_trained(build_labels(ids, mode, job.spec))  # type: ignore
+        if mode != job.loss_on and mode == "assistant" and in_answer is None:
+            continue
+        n = trained if mode == job.loss_on else count_trained(build_labels(ids, mode, job.spec, in_answer))  # type: ignore
         report.trained_by_mode[mode] = report.trained_by_mode.get(mode, 0) + n
     row: dict[str, Any] = {
         "id": sample_id,
