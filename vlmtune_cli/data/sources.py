@@ -58,8 +58,11 @@ from PIL import Image, UnidentifiedImageError
 
 from vlmtune_cli.config.schema import BUILTIN_DATASETS, DataSection
 from vlmtune_cli.data import synthetic
+from vlmtune_cli.data.answers import BOXES_PART, prepare
 from vlmtune_cli.data.hub import load_hub
+from vlmtune_cli.data.images import open_image, upright
 from vlmtune_cli.errors import UsageError
+from vlmtune_cli.models.boxes import processor_resized_size
 
 ROLES = ("system", "user", "assistant")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -123,9 +126,10 @@ def plugin_file(source: str) -> tuple[Path, str]:
 
 
 def load_splits(data: DataSection, *, box_format: str, processor=None) -> dict[str, list[dict]]:
-    """Load `data.source` and return `{data.train_split: [...], data.test_split: [...]}`."""
+    """Load `data.source` and return `{data.train_split: [...], data.test_split: [...]}`, without the samples
+    `data.bad_boxes = "drop"` leaves out."""
     return {
-        name: [split[k] for k in range(len(split))]
+        name: [sample for sample in (split[k] for k in range(len(split))) if not sample.get("dropped")]
         for name, split in lazy_splits(data, box_format=box_format, processor=processor).items()
     }
 
@@ -167,7 +171,14 @@ def lazy_splits(data: DataSection, *, box_format: str, processor=None) -> dict[s
             f"data.source {source!r} gives no samples for split {data.train_split!r}",
             hint="check the file or plugin, and data.max_samples / data.split_ratio",
         )
-    return {split: LazySplit(indices, named[split][1]) for split, indices in splits.items()}
+
+    def prepared(make: Callable[[int], dict[str, Any]]) -> Callable[[int], dict[str, Any]]:
+        def resized(size: tuple[int, int]) -> tuple[int, int]:
+            return processor_resized_size(processor, size, data.min_pixels, data.max_pixels)
+
+        return lambda i: prepare(make(i), box_format, data.bad_boxes, resized)
+
+    return {split: LazySplit(indices, prepared(named[split][1])) for split, indices in splits.items()}
 
 
 def _subset(rows: Rows, data: DataSection, salt: str) -> list[int]:
@@ -195,11 +206,8 @@ def _open_image(value: Any, base: Path | None, where: str) -> Image.Image:
         full = full if full.is_absolute() or base is None else base / full
         label, opener = str(full), lambda: full
     try:
-        if opener is None:
-            return value.convert("RGB")
-        with Image.open(opener()) as image:
-            image.load()  # decode now, so a corrupt file fails here with the sample's name, not mid-training
-            return image.convert("RGB")
+        # Upright (EXIF orientation applied) and decoded now, so a corrupt file fails here with the sample's name.
+        return upright(value) if opener is None else open_image(opener())
     except FileNotFoundError:
         raise UsageError(f"{where}: image {label} does not exist") from None
     except UnidentifiedImageError:
@@ -238,13 +246,17 @@ def to_sample(row: Any, sample_id: str, where: str, base: Path | None = None) ->
             if kind == "text":
                 text = part if isinstance(part, str) else part.get("text") or ""
                 parts.append({"type": "text", "text": text})
+            elif kind == BOXES_PART:
+                if role != "assistant":
+                    raise UsageError(f'{where}: a {{"type": "boxes"}} part belongs in an assistant turn, not {role}')
+                parts.append({"type": BOXES_PART})
             elif kind == "image":
                 placeholders += 1
                 if part.get("image") is not None or part.get("path") is not None:
                     inline.append(part.get("image") if part.get("image") is not None else part["path"])
                 parts.append({"type": "image"})
             else:
-                raise UsageError(f"{where}: content part {part!r} is neither text nor image"[:300])
+                raise UsageError(f"{where}: content part {part!r} is neither text, image nor boxes"[:300])
         messages.append({"role": role, "content": parts})
     if inline:
         if images or len(inline) != placeholders:
@@ -271,6 +283,7 @@ def to_sample(row: Any, sample_id: str, where: str, base: Path | None = None) ->
         "messages": messages,
         "images": [_open_image(img, base, where) for img in images],
         "target": target,
+        "where": where,
     }
 
 
