@@ -129,6 +129,8 @@ class _Job:
     layout: dict[str, Any]
     splits: dict[str, Any]
     staging: Path
+    box_format: str = "plain"
+    answer_check: str = "off"
     counter: Any = None
     on_sample: Any = None
 
@@ -157,7 +159,17 @@ def _build(
         for i in range(0, len(splits[name]), per_shard)
     ]
     workers = max(1, min(workers, len(tasks)))
-    _JOB = _Job(processor, spec, data, recipe.tuning.loss_on, layout, splits, staging)
+    _JOB = _Job(
+        processor,
+        spec,
+        data,
+        recipe.tuning.loss_on,
+        layout,
+        splits,
+        staging,
+        family.box_format,
+        cache.answer_check(recipe),
+    )
     try:
         results = _run(tasks, total, workers, progress)
     finally:
@@ -169,6 +181,15 @@ def _build(
         reports[name].merge(report)
         if rows:
             shards[name].append({"file": file, "rows": rows})
+    unparsed = [i for name in names for i in reports[name].unparsed_answers]
+    if unparsed and cache.answer_check(recipe) == "error":
+        first = next(r for r in (reports[n] for n in names) if r.unparsed_answers)
+        raise UsageError(
+            f"{len(unparsed)} answer(s) of {data.source} cannot be read as {family.name} boxes "
+            f"({family.box_format}): {_first_ids(unparsed)}; the first: {first.unparsed_reason}",
+            hint='write answers as {"type": "boxes"} with target.boxes in pixels, so vlmtune writes them for '
+            'each family; or set data.answer_check = "warn" (or benchmark.task = "vqa" for text answers)',
+        )
     train = reports[data.train_split]
     if not train.kept:
         drops = f" ({train.describe_drops()})" if train.describe_drops() else ""
@@ -210,6 +231,10 @@ def _build(
     cache.write_json(staging / cache.STATS, stats)
     cache.write_json(staging / cache.MANIFEST, manifest)  # last: its presence is what "complete" means
     return manifest, stats
+
+
+def _first_ids(ids: list[str], most: int = 5) -> str:
+    return ", ".join(ids[:most]) + (f", ... {len(ids) - most} more" if len(ids) > most else "")
 
 
 def _auto_workers(total: int) -> int:
@@ -278,6 +303,13 @@ def _encode(job: _Job, sample: dict[str, Any], split: str, report: SplitReport) 
 
     sample_id = str(sample.get("id", f"{split}-{len(report.lengths)}"))
     layout, processor = job.layout, job.processor
+    if sample.get("dropped"):  # data.bad_boxes = "drop" (data/answers.py)
+        report.bad_boxes_dropped.append(sample_id)
+        return None
+    if sample.get("clipped"):
+        report.bad_boxes_clipped.append(sample_id)
+    if job.answer_check != "off" and not sample.get("rendered"):
+        _check_answer(job, sample, sample_id, report)
     try:
         text = processor.apply_chat_template(sample["messages"], tokenize=False, add_generation_prompt=False)
         encoded, images = processor_outputs(processor, text, sample.get("images") or [], layout)
@@ -335,6 +367,27 @@ def _encode(job: _Job, sample: dict[str, Any], split: str, report: SplitReport) 
             value = value.tolist()
         row[key] = value
     return row
+
+
+def _check_answer(job: _Job, sample: dict[str, Any], sample_id: str, report: SplitReport) -> None:
+    """Parse the last answer the user wrote with the family's parser, as the benchmark will; record a failure."""
+    from vlmtune_cli.data.answers import image_size
+    from vlmtune_cli.models.boxes import parse_boxes, processor_resized_size
+
+    answers = [m for m in sample["messages"] if m["role"] == "assistant"]
+    size = image_size(sample)
+    if not answers or size is None:
+        return
+    text = "".join(p.get("text") or "" for p in answers[-1]["content"] if p["type"] == "text")
+    if not any(c.isdigit() for c in text):  # "There is no table.": nothing to find, as scoring reads it
+        return
+    resized = processor_resized_size(job.processor, size, job.data.min_pixels, job.data.max_pixels)
+    parsed = parse_boxes(job.box_format, text, size, resized)
+    if not parsed.ok:
+        report.unparsed_answers.append(sample_id)
+        if report.unparsed_reason is None:
+            where = sample.get("where") or f"sample {sample_id}"
+            report.unparsed_reason = f"{where}: {parsed.reason}: {text[:120]!r}"
 
 
 def _visual_tokens(encoded: dict[str, Any], ids: list[int], n_images: int, layout: dict[str, Any]) -> list[int]:
