@@ -14,10 +14,12 @@ A sample is the standard conversation form plus the ground truth the benchmark s
 - a `.jsonl` file, one sample per line; images are paths relative to the file::
 
       {"id": "p1", "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text",
-       "text": "Detect the nutrition table."}]}, {"role": "assistant", "content": "[12, 40, 180, 200]"}],
-       "images": ["photos/p1.jpg"], "target": {"boxes": [[12, 40, 180, 200]], "labels": ["nutrition table"]}}
+       "text": "Detect the nutrition table."}]}, {"role": "assistant", "content": [{"type": "boxes"}]}],
+       "images": ["photos/p1.jpg"], "target": {"boxes": [[60, 120, 420, 600]], "labels": ["nutrition table"]}}
 
-  `content` may be a plain string. An image may instead sit inside its part:
+  An assistant part `{"type": "boxes"}` is written from `target.boxes` (pixels of the upright image) in the
+  recipe's family format, after the boxes are checked (`data/answers.py`); images are opened upright (EXIF
+  orientation applied, `data/images.py`). `content` may be a plain string. An image may instead sit inside its part:
   `{"type": "image", "image": "photos/p1.jpg"}`. Rows with images but no image part get the image parts
   prepended to their first user turn. `id` defaults to `<file>:<line>`; `target` to
   `{"answer": <last assistant text>}` (the benchmark parses boxes out of it with the recipe's box format);

@@ -8,7 +8,8 @@ with the model's image processor (cached_inputs.py says how, benchmarks/README.m
 
 A sample is dropped, never silently mangled, when it is longer than `data.max_length` (and the recipe says
 `overlength = "drop"`) or when it has no trained token under `loss_on` (an all-masked sample would add nothing
-but noise to the loss normalisation). The report says how many and which.
+but noise to the loss normalisation), or when a target box is bad under `data.bad_boxes = "drop"`
+(data/answers.py). The report says how many and which, and which answers do not parse (answer_check.py).
 
 Samples are read lazily and written in shards of at most SHARD_ROWS samples (record batches of BATCH_ROWS), so
 memory stays flat as the dataset grows; large datasets are split over worker processes.
@@ -31,6 +32,7 @@ from typing import Any
 from vlmtune_cli import __version__
 from vlmtune_cli.config.schema import DataSection, Recipe
 from vlmtune_cli.encode import cache
+from vlmtune_cli.encode.answer_check import check_answer, refuse_unparsed
 from vlmtune_cli.encode.inputs import ModelInputs, probe_layout, processor_outputs
 from vlmtune_cli.encode.labels import LabelSpec, answer_tokens, build_labels, count_trained
 from vlmtune_cli.encode.stats import LOSS_MODES, SplitReport
@@ -181,15 +183,8 @@ def _build(
         reports[name].merge(report)
         if rows:
             shards[name].append({"file": file, "rows": rows})
-    unparsed = [i for name in names for i in reports[name].unparsed_answers]
-    if unparsed and cache.answer_check(recipe) == "error":
-        first = next(r for r in (reports[n] for n in names) if r.unparsed_answers)
-        raise UsageError(
-            f"{len(unparsed)} answer(s) of {data.source} cannot be read as {family.name} boxes "
-            f"({family.box_format}): {_first_ids(unparsed)}; the first: {first.unparsed_reason}",
-            hint='write answers as {"type": "boxes"} with target.boxes in pixels, so vlmtune writes them for '
-            'each family; or set data.answer_check = "warn" (or benchmark.task = "vqa" for text answers)',
-        )
+    if cache.answer_check(recipe) == "error":
+        refuse_unparsed(data.source, family, [reports[name] for name in names])
     train = reports[data.train_split]
     if not train.kept:
         drops = f" ({train.describe_drops()})" if train.describe_drops() else ""
@@ -231,10 +226,6 @@ def _build(
     cache.write_json(staging / cache.STATS, stats)
     cache.write_json(staging / cache.MANIFEST, manifest)  # last: its presence is what "complete" means
     return manifest, stats
-
-
-def _first_ids(ids: list[str], most: int = 5) -> str:
-    return ", ".join(ids[:most]) + (f", ... {len(ids) - most} more" if len(ids) > most else "")
 
 
 def _auto_workers(total: int) -> int:
@@ -308,8 +299,8 @@ def _encode(job: _Job, sample: dict[str, Any], split: str, report: SplitReport) 
         return None
     if sample.get("clipped"):
         report.bad_boxes_clipped.append(sample_id)
-    if job.answer_check != "off" and not sample.get("rendered"):
-        _check_answer(job, sample, sample_id, report)
+    if job.answer_check != "off" and not sample.get("rendered"):  # answer_check.py
+        check_answer(sample, sample_id, job.box_format, job.processor, job.data, report)
     try:
         text = processor.apply_chat_template(sample["messages"], tokenize=False, add_generation_prompt=False)
         encoded, images = processor_outputs(processor, text, sample.get("images") or [], layout)
@@ -367,27 +358,6 @@ def _encode(job: _Job, sample: dict[str, Any], split: str, report: SplitReport) 
             value = value.tolist()
         row[key] = value
     return row
-
-
-def _check_answer(job: _Job, sample: dict[str, Any], sample_id: str, report: SplitReport) -> None:
-    """Parse the last answer the user wrote with the family's parser, as the benchmark will; record a failure."""
-    from vlmtune_cli.data.answers import image_size
-    from vlmtune_cli.models.boxes import parse_boxes, processor_resized_size
-
-    answers = [m for m in sample["messages"] if m["role"] == "assistant"]
-    size = image_size(sample)
-    if not answers or size is None:
-        return
-    text = "".join(p.get("text") or "" for p in answers[-1]["content"] if p["type"] == "text")
-    if not any(c.isdigit() for c in text):  # "There is no table.": nothing to find, as scoring reads it
-        return
-    resized = processor_resized_size(job.processor, size, job.data.min_pixels, job.data.max_pixels)
-    parsed = parse_boxes(job.box_format, text, size, resized)
-    if not parsed.ok:
-        report.unparsed_answers.append(sample_id)
-        if report.unparsed_reason is None:
-            where = sample.get("where") or f"sample {sample_id}"
-            report.unparsed_reason = f"{where}: {parsed.reason}: {text[:120]!r}"
 
 
 def _visual_tokens(encoded: dict[str, Any], ids: list[int], n_images: int, layout: dict[str, Any]) -> list[int]:
