@@ -119,6 +119,9 @@ def test_text_around_a_boxes_part_stays_and_misplaced_parts_are_refused(tmp_path
     assert [p["text"] for p in sample["messages"][-1]["content"]] == ["Here: ", "[10, 10, 50, 50]"]
     with pytest.raises(UsageError, match=r's\.jsonl, line 1: a \{"type": "boxes"\} part belongs in an assistant'):
         load_row({"images": ["a.jpg"], "messages": [{"role": "user", "content": [{"type": "boxes"}]}]})
+    inline = {"type": "boxes", "boxes": [[10, 10, 50, 50]]}
+    with pytest.raises(UsageError, match=r'line 1: a \{"type": "boxes"\} part takes no other keys \(got boxes, type\)'):
+        load_row({"images": ["a.jpg"], "messages": [user, {"role": "assistant", "content": [inline]}]})
     with pytest.raises(UsageError, match=r"line 1 \(id q\): an assistant part .* but no target\.boxes"):
         load_row(
             {"id": "q", "images": ["a.jpg"], "messages": [user, {"role": "assistant", "content": [{"type": "boxes"}]}]}

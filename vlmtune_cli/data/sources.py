@@ -251,6 +251,11 @@ def to_sample(row: Any, sample_id: str, where: str, base: Path | None = None) ->
             elif kind == BOXES_PART:
                 if role != "assistant":
                     raise UsageError(f'{where}: a {{"type": "boxes"}} part belongs in an assistant turn, not {role}')
+                if set(part) != {"type"}:
+                    raise UsageError(
+                        f'{where}: a {{"type": "boxes"}} part takes no other keys (got {", ".join(sorted(part))})',
+                        hint='put the boxes in "target": {"boxes": [[x1, y1, x2, y2]], "labels": [...]}',
+                    )
                 parts.append({"type": BOXES_PART})
             elif kind == "image":
                 placeholders += 1

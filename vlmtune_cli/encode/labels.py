@@ -76,14 +76,19 @@ def answer_tokens(text: str, input_ids: list[int], tokenizer: Any, spec: LabelSp
     rewrites the text some other way), since the answers could then not be located.
     """
     spans = assistant_spans(text, spec)
-    try:
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    except NotImplementedError as exc:  # slow tokenizers have no offsets
-        raise VlmtuneError(
-            f"{type(tokenizer).__name__} gives no character offsets, which assistant-only labels need",
-            hint='use the model\'s fast tokenizer (tokenizer.json), or set tuning.loss_on = "all"',
-        ) from exc
-    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # the `tokenizers` object itself: 10x less overhead than the Python wrapper's call
+        encoding = backend.encode(text, add_special_tokens=False)
+        ids, offsets = encoding.ids, encoding.offsets
+    else:
+        try:
+            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        except NotImplementedError as exc:  # slow tokenizers have no offsets
+            raise VlmtuneError(
+                f"{type(tokenizer).__name__} gives no character offsets, which assistant-only labels need",
+                hint='use the model\'s fast tokenizer (tokenizer.json), or set tuning.loss_on = "all"',
+            ) from exc
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
     # A token with empty offsets (rare, e.g. trimmed whitespace) counts as covering its first character.
     inside = [any(a < end and max(b, a + 1) > start for start, end in spans) for a, b in offsets]
     flags: list[bool] = []
