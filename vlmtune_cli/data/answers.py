@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vlmtune_cli.errors import UsageError
-from vlmtune_cli.models.boxes import Size, box_problem, clip_box, format_boxes
+from vlmtune_cli.models.boxes import Size, box_problem, clip_box, format_boxes, is_box
 
 BOXES_PART = "boxes"
 _HINT = 'fix the box, or set data.bad_boxes = "drop" (leave the sample out) or "clip" (clamp it into the image)'
@@ -82,6 +82,9 @@ def _checked(
     labels = [""] * len(boxes) if labels is None else labels
     if not isinstance(labels, list) or len(labels) != len(boxes):
         raise UsageError(f"{where}: target.labels must be a list of {len(boxes)} strings, one per box")
+    for i, box in enumerate(boxes):
+        if not is_box(box):  # nothing to clip, nothing to trust, whatever bad_boxes says
+            raise UsageError(f"{where}: target box #{i} {box_problem(box, size or (0, 0))}", hint=_HINT)
     if size is None:
         return boxes, [str(label) for label in labels]
     kept, kept_labels, changed = [], [], 0
@@ -91,7 +94,7 @@ def _checked(
             kept.append(list(box))
             kept_labels.append(str(label))
             continue
-        if "numbers" in problem or policy == "error":  # malformed boxes cannot be clipped or trusted
+        if policy == "error":
             raise UsageError(f"{where}: target box #{i} {problem}", hint=_HINT)
         if policy == "drop":
             sample["dropped"] = f"box #{i} {problem}"

@@ -110,6 +110,15 @@ def _check_format(fmt: str) -> BoxFormat:
     return BOX_FORMATS[fmt]
 
 
+def is_box(value: object) -> bool:
+    """True for 4 finite numbers (a list or tuple), whatever they say geometrically."""
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    )
+
+
 def box_problem(box: object, image_size: Size) -> str | None:
     """What is wrong with a ground-truth box `(x1, y1, x2, y2)` in pixels of an image of `image_size`, or None.
 
