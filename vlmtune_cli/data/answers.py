@@ -84,7 +84,10 @@ def _checked(
         raise UsageError(f"{where}: target.labels must be a list of {len(boxes)} strings, one per box")
     for i, box in enumerate(boxes):
         if not is_box(box):  # nothing to clip, nothing to trust, whatever bad_boxes says
-            raise UsageError(f"{where}: target box #{i} {box_problem(box, size or (0, 0))}", hint=_HINT)
+            raise UsageError(
+                f"{where}: target box #{i} {box_problem(box, size or (0, 0))}",
+                hint="write each box as [x1, y1, x2, y2] in pixels of the upright image",
+            )
     if size is None:
         return boxes, [str(label) for label in labels]
     kept, kept_labels, changed = [], [], 0
