@@ -20,7 +20,7 @@ def load(box_format: str = "qwen2-vl-grid", **data) -> dict[str, list[dict]]:
 
 
 def check_shape(sample: dict) -> None:
-    assert set(sample) == {"id", "messages", "images", "target"}
+    assert set(sample) - {"where"} == {"id", "messages", "images", "target"}  # where: file and line, for messages
     parts = [p for m in sample["messages"] for p in m["content"]]
     assert sum(p["type"] == "image" for p in parts) == len(sample["images"])
     assert all(isinstance(img, Image.Image) and img.mode == "RGB" for img in sample["images"])

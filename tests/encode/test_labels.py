@@ -6,7 +6,14 @@ import pytest
 from PIL import Image
 
 from vlmtune_cli.config.schema import DataSection, ModelSection
-from vlmtune_cli.encode.labels import IGNORE_INDEX, LabelSpec, VisionCollator, build_labels, encode_sample
+from vlmtune_cli.encode.labels import (
+    IGNORE_INDEX,
+    LabelSpec,
+    VisionCollator,
+    assistant_spans,
+    build_labels,
+    encode_sample,
+)
 
 SYSTEM = {"role": "system", "content": [{"type": "text", "text": "You find tables."}]}
 
@@ -117,12 +124,79 @@ def test_collator_pads_a_batch_of_three(processor_and_spec) -> None:
     assert batch["pixel_values"].shape[0] == int(torch.prod(batch["image_grid_thw"], dim=1).sum())
 
 
-def test_build_labels_on_plain_ids() -> None:
-    spec = LabelSpec(image_ids=frozenset({9}), header_ids=(1, 2), end_id=3, pad_id=0)
+def test_build_labels_on_plain_ids_and_turn_spans() -> None:
+    spec = LabelSpec(image_ids=frozenset({9}), header_ids=(1, 2), end_id=3, pad_id=0, header="<A>", end="<E>")
     ids = [5, 9, 9, 6, 1, 2, 7, 8, 3, 4, 1, 5, 2, 1, 2, 7]
     assert build_labels(ids, "all", spec) == [5, -100, -100, 6, 1, 2, 7, 8, 3, 4, 1, 5, 2, 1, 2, 7]
-    # A header cut short (1 5) is not a header; an unterminated last turn trains to the end.
-    assert build_labels(ids, "assistant", spec) == [-100] * 6 + [7, 8, 3] + [-100] * 6 + [7]
+    inside = [i in (6, 7, 8, 15) for i in range(len(ids))]
+    assert build_labels(ids, "assistant", spec, inside) == [-100] * 6 + [7, 8, 3] + [-100] * 6 + [7]
+    with pytest.raises(ValueError, match="in_answer"):
+        build_labels(ids, "assistant", spec)
+    # Answers run from the end of a header through its end token; an unterminated last turn runs to the end.
+    text = "u<A>ab<E>x<A>\ncd"
+    assert assistant_spans(text, spec) == [(4, 9), (13, 16)]
+    assert [text[a:b] for a, b in assistant_spans(text, spec)] == ["ab<E>", "\ncd"]
+
+
+@pytest.fixture(scope="module")
+def merging_processor():
+    """A tiny Qwen2-VL processor whose BPE merges `\n\n` into one token, as the real Qwen2 tokenizers do."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from vlmtune_cli.models import builtin
+    from vlmtune_cli.models.qwen_processor import Qwen2VLImageOnlyProcessor
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(builtin._QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["assistant\n\nThe table", "user\n\nsystem\n", "(10,20),(30,40) Detect the table."] * 20
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.add_special_tokens(list(builtin.SPECIAL_TOKENS))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=224 * 224, max_pixels=224 * 224)
+    processor = Qwen2VLImageOnlyProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=builtin.CHAT_TEMPLATE
+    )
+    from vlmtune_cli.models.families import FAMILIES
+
+    return processor, LabelSpec.for_family(tokenizer, FAMILIES[0])
+
+
+def test_an_answer_starting_with_a_newline_still_trains_under_a_merging_tokenizer(merging_processor) -> None:
+    processor, spec = merging_processor
+    tokenizer = processor.tokenizer
+    merged = tokenizer.convert_tokens_to_ids("ĊĊ")  # byte-level spelling of "\n\n"
+    assert merged != tokenizer.unk_token_id and tokenizer.encode("\n\n", add_special_tokens=False) == [merged]
+    answer = "\nThe table (10,20),(30,40)"
+    messages = [user("Detect the table."), assistant(answer)]
+    item = encode_sample(processor, spec, {"messages": messages, "images": [image()]}, "assistant", 4096)
+    ids, labels = item["input_ids"].tolist(), item["labels"]
+    # The merge hides the header's token ids: matching them would leave this answer without a trained token.
+    n = len(spec.header_ids)
+    assert not any(tuple(ids[i : i + n]) == spec.header_ids for i in range(len(ids)))
+    trained = [t for t in labels if t != IGNORE_INDEX]
+    # The fused "\n\n" carries the answer's first character, so it trains; then the answer and <|im_end|>.
+    assert trained == tokenizer.encode("\n" + answer, add_special_tokens=False) + [spec.end_id]
+    assert trained[0] == merged
+    assert tokenizer.decode(trained) == "\n" + answer + "<|im_end|>"
+    assert _runs(labels) == [(len(ids) - len(trained) - 1, len(ids) - 1)]  # the template's final "\n" is masked
+    # Without a leading newline the header stays whole and only the answer and end token train, as before.
+    plain = encode_sample(
+        processor, spec, {"messages": [user("Detect."), assistant("(10,20)")], "images": [image()]}, "assistant", 4096
+    )
+    assert [t for t in plain["labels"] if t != IGNORE_INDEX] == tokenizer.encode(
+        "(10,20)", add_special_tokens=False
+    ) + [spec.end_id]
 
 
 def _runs(labels: list[int]) -> list[tuple[int, int]]:

@@ -135,6 +135,9 @@ def test_fingerprint_changes_exactly_when_an_input_that_matters_changes(
         "data.test_split=eval",
         "model.revision=v2",
         "model.trust_remote_code=true",
+        "data.bad_boxes=clip",
+        "data.answer_check=warn",
+        "benchmark.task=vqa",  # for a file source, detection turns on the answer check (built-in sets: not)
     ]
     keys = {item: key(jsonl_recipe, item) for item in matters}
     assert base not in keys.values() and len(set(keys.values())) == len(matters), keys
@@ -145,7 +148,6 @@ def test_fingerprint_changes_exactly_when_an_input_that_matters_changes(
         "training.epochs=9",
         "data.num_samples=5",
         "data.options.colour='red'",
-        "benchmark.task=vqa",
         "lora.r=4",
     ]
     assert {item: key(jsonl_recipe, item) for item in irrelevant} == dict.fromkeys(irrelevant, base)
@@ -297,7 +299,14 @@ def test_build_then_cache_hit_without_the_model_stack_and_force(workspace: Path,
 
     payload = as_json(*args)
     assert payload["hit"] is True and payload["cache"] == str(entry) and payload["stats"] == stats
-    assert payload["counts"]["train"] == {"samples": 8, "dropped_overlength": 0, "dropped_untrained": 0}
+    assert payload["counts"]["train"] == {
+        "samples": 8,
+        "dropped_overlength": 0,
+        "dropped_untrained": 0,
+        "dropped_bad_boxes": 0,
+        "clipped_boxes": 0,
+        "unparsed_answers": 0,
+    }
     forced = as_json(*args, "--force")
     assert forced["hit"] is False and forced["cache"] == str(entry)
     assert not list((cache_dir / "tokenized").glob(f".{entry.name}.*-*")), "no staging or old copy left"

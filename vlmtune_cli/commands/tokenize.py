@@ -15,6 +15,7 @@ import json
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg
 from vlmtune_cli.config.recipe import load_recipe
@@ -69,6 +70,9 @@ def _payload(result: Any, samples: list[dict[str, Any]]) -> dict[str, Any]:
                 "samples": s["samples"],
                 "dropped_overlength": len(s["dropped_overlength"]),
                 "dropped_untrained": len(s["dropped_untrained"]),
+                "dropped_bad_boxes": len(s["dropped_bad_boxes"]),
+                "clipped_boxes": len(s["clipped_boxes"]),
+                "unparsed_answers": len(s["unparsed_answers"]),
             }
             for name, s in splits.items()
         },
@@ -95,7 +99,9 @@ def _print(result: Any, samples: list[dict[str, Any]]) -> None:
     print_stats(console, result.stats)
     for report in result.reports():
         if (drops := report.describe_drops()) is not None:
-            console.print(f"[yellow]{drops}[/]", highlight=False)
+            console.print(f"[yellow]{escape(drops)}[/]", highlight=False)
+        for line in report.describe_fixes():
+            console.print(f"[yellow]{escape(line)}[/]", highlight=False)
     if samples:
         colour = console.is_terminal and console.color_system is not None
         console.print(legend(colour))

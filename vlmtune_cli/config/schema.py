@@ -76,6 +76,16 @@ class DataSection(StrictModel):
     max_pixels: int | None = Field(None, ge=1)
     """Largest image area the processor resizes to (Qwen-VL). Qwen2-VL's default allows 16,384 visual tokens
     per image: set this to bound memory (e.g. 448*448 gives at most 256 visual tokens)."""
+    bad_boxes: Literal["error", "drop", "clip"] = "error"
+    """What to do with a `target.boxes` box that is inverted (x2 < x1 or y2 < y1), has zero area or leaves its
+    image (checked against the upright image at tokenize time): `error` names the file, line and sample;
+    `drop` leaves the sample out (counted and listed); `clip` orders and clamps the corners into the image,
+    removing boxes left without area (counted and listed). Training and the benchmark see the same result."""
+    answer_check: Literal["error", "warn", "off"] = "error"
+    """Answers you wrote yourself (not `{"type": "boxes"}` parts) are parsed at tokenize time with the family's
+    box parser when `benchmark.task = "detection"`: `error` stops on any that does not parse (count and first
+    ids), `warn` trains anyway and reports them, `off` skips the check. Answers without a digit ("There is no
+    table.") stand for "nothing found" and pass; built-in datasets are not checked (vlmtune wrote them)."""
     options: dict[str, Any] = {}
     """Free-form settings handed to built-in and plugin sources (the `dataset_config` of a plugin)."""
 

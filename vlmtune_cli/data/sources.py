@@ -14,10 +14,12 @@ A sample is the standard conversation form plus the ground truth the benchmark s
 - a `.jsonl` file, one sample per line; images are paths relative to the file::
 
       {"id": "p1", "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text",
-       "text": "Detect the nutrition table."}]}, {"role": "assistant", "content": "[12, 40, 180, 200]"}],
-       "images": ["photos/p1.jpg"], "target": {"boxes": [[12, 40, 180, 200]], "labels": ["nutrition table"]}}
+       "text": "Detect the nutrition table."}]}, {"role": "assistant", "content": [{"type": "boxes"}]}],
+       "images": ["photos/p1.jpg"], "target": {"boxes": [[60, 120, 420, 600]], "labels": ["nutrition table"]}}
 
-  `content` may be a plain string. An image may instead sit inside its part:
+  An assistant part `{"type": "boxes"}` is written from `target.boxes` (pixels of the upright image) in the
+  recipe's family format, after the boxes are checked (`data/answers.py`); images are opened upright (EXIF
+  orientation applied, `data/images.py`). `content` may be a plain string. An image may instead sit inside its part:
   `{"type": "image", "image": "photos/p1.jpg"}`. Rows with images but no image part get the image parts
   prepended to their first user turn. `id` defaults to `<file>:<line>`; `target` to
   `{"answer": <last assistant text>}` (the benchmark parses boxes out of it with the recipe's box format);
@@ -58,8 +60,11 @@ from PIL import Image, UnidentifiedImageError
 
 from vlmtune_cli.config.schema import BUILTIN_DATASETS, DataSection
 from vlmtune_cli.data import synthetic
+from vlmtune_cli.data.answers import BOXES_PART, prepare
 from vlmtune_cli.data.hub import load_hub
+from vlmtune_cli.data.images import open_image, upright
 from vlmtune_cli.errors import UsageError
+from vlmtune_cli.models.boxes import processor_resized_size
 
 ROLES = ("system", "user", "assistant")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -123,9 +128,10 @@ def plugin_file(source: str) -> tuple[Path, str]:
 
 
 def load_splits(data: DataSection, *, box_format: str, processor=None) -> dict[str, list[dict]]:
-    """Load `data.source` and return `{data.train_split: [...], data.test_split: [...]}`."""
+    """Load `data.source` and return `{data.train_split: [...], data.test_split: [...]}`, without the samples
+    `data.bad_boxes = "drop"` leaves out."""
     return {
-        name: [split[k] for k in range(len(split))]
+        name: [sample for sample in (split[k] for k in range(len(split))) if not sample.get("dropped")]
         for name, split in lazy_splits(data, box_format=box_format, processor=processor).items()
     }
 
@@ -167,7 +173,14 @@ def lazy_splits(data: DataSection, *, box_format: str, processor=None) -> dict[s
             f"data.source {source!r} gives no samples for split {data.train_split!r}",
             hint="check the file or plugin, and data.max_samples / data.split_ratio",
         )
-    return {split: LazySplit(indices, named[split][1]) for split, indices in splits.items()}
+
+    def prepared(make: Callable[[int], dict[str, Any]]) -> Callable[[int], dict[str, Any]]:
+        def resized(size: tuple[int, int]) -> tuple[int, int]:
+            return processor_resized_size(processor, size, data.min_pixels, data.max_pixels)
+
+        return lambda i: prepare(make(i), box_format, data.bad_boxes, resized)
+
+    return {split: LazySplit(indices, prepared(named[split][1])) for split, indices in splits.items()}
 
 
 def _subset(rows: Rows, data: DataSection, salt: str) -> list[int]:
@@ -195,11 +208,8 @@ def _open_image(value: Any, base: Path | None, where: str) -> Image.Image:
         full = full if full.is_absolute() or base is None else base / full
         label, opener = str(full), lambda: full
     try:
-        if opener is None:
-            return value.convert("RGB")
-        with Image.open(opener()) as image:
-            image.load()  # decode now, so a corrupt file fails here with the sample's name, not mid-training
-            return image.convert("RGB")
+        # Upright (EXIF orientation applied) and decoded now, so a corrupt file fails here with the sample's name.
+        return upright(value) if opener is None else open_image(opener())
     except FileNotFoundError:
         raise UsageError(f"{where}: image {label} does not exist") from None
     except UnidentifiedImageError:
@@ -238,13 +248,22 @@ def to_sample(row: Any, sample_id: str, where: str, base: Path | None = None) ->
             if kind == "text":
                 text = part if isinstance(part, str) else part.get("text") or ""
                 parts.append({"type": "text", "text": text})
+            elif kind == BOXES_PART:
+                if role != "assistant":
+                    raise UsageError(f'{where}: a {{"type": "boxes"}} part belongs in an assistant turn, not {role}')
+                if set(part) != {"type"}:
+                    raise UsageError(
+                        f'{where}: a {{"type": "boxes"}} part takes no other keys (got {", ".join(sorted(part))})',
+                        hint='put the boxes in "target": {"boxes": [[x1, y1, x2, y2]], "labels": [...]}',
+                    )
+                parts.append({"type": BOXES_PART})
             elif kind == "image":
                 placeholders += 1
                 if part.get("image") is not None or part.get("path") is not None:
                     inline.append(part.get("image") if part.get("image") is not None else part["path"])
                 parts.append({"type": "image"})
             else:
-                raise UsageError(f"{where}: content part {part!r} is neither text nor image"[:300])
+                raise UsageError(f"{where}: content part {part!r} is neither text, image nor boxes"[:300])
         messages.append({"role": role, "content": parts})
     if inline:
         if images or len(inline) != placeholders:
@@ -271,6 +290,7 @@ def to_sample(row: Any, sample_id: str, where: str, base: Path | None = None) ->
         "messages": messages,
         "images": [_open_image(img, base, where) for img in images],
         "target": target,
+        "where": where,
     }
 
 

@@ -8,7 +8,8 @@ with the model's image processor (cached_inputs.py says how, benchmarks/README.m
 
 A sample is dropped, never silently mangled, when it is longer than `data.max_length` (and the recipe says
 `overlength = "drop"`) or when it has no trained token under `loss_on` (an all-masked sample would add nothing
-but noise to the loss normalisation). The report says how many and which.
+but noise to the loss normalisation), or when a target box is bad under `data.bad_boxes = "drop"`
+(data/answers.py). The report says how many and which, and which answers do not parse (answer_check.py).
 
 Samples are read lazily and written in shards of at most SHARD_ROWS samples (record batches of BATCH_ROWS), so
 memory stays flat as the dataset grows; large datasets are split over worker processes.
@@ -31,8 +32,9 @@ from typing import Any
 from vlmtune_cli import __version__
 from vlmtune_cli.config.schema import DataSection, Recipe
 from vlmtune_cli.encode import cache
+from vlmtune_cli.encode.answer_check import check_answer, refuse_unparsed
 from vlmtune_cli.encode.inputs import ModelInputs, PixelMode, probe_layout, processor_outputs
-from vlmtune_cli.encode.labels import LabelSpec, build_labels, count_trained
+from vlmtune_cli.encode.labels import LabelSpec, answer_tokens, build_labels, count_trained
 from vlmtune_cli.encode.stats import LOSS_MODES, SplitReport
 from vlmtune_cli.errors import UsageError, VlmtuneError
 
@@ -132,6 +134,8 @@ class _Job:
     layout: dict[str, Any]
     splits: dict[str, Any]
     staging: Path
+    box_format: str = "plain"
+    answer_check: str = "off"
     counter: Any = None
     on_sample: Any = None
 
@@ -167,7 +171,17 @@ def _build(
         for i in range(0, len(splits[name]), per_shard)
     ]
     workers = max(1, min(workers, len(tasks)))
-    _JOB = _Job(processor, spec, data, recipe.tuning.loss_on, layout, splits, staging)
+    _JOB = _Job(
+        processor,
+        spec,
+        data,
+        recipe.tuning.loss_on,
+        layout,
+        splits,
+        staging,
+        family.box_format,
+        cache.answer_check(recipe),
+    )
     try:
         results = _run(tasks, total, workers, progress)
     finally:
@@ -179,6 +193,8 @@ def _build(
         reports[name].merge(report)
         if rows:
             shards[name].append({"file": file, "rows": rows})
+    if cache.answer_check(recipe) == "error":
+        refuse_unparsed(data.source, family, [reports[name] for name in names])
     train = reports[data.train_split]
     if not train.kept:
         drops = f" ({train.describe_drops()})" if train.describe_drops() else ""
@@ -288,6 +304,13 @@ def _encode(job: _Job, sample: dict[str, Any], split: str, report: SplitReport) 
 
     sample_id = str(sample.get("id", f"{split}-{len(report.lengths)}"))
     layout, processor = job.layout, job.processor
+    if sample.get("dropped"):  # data.bad_boxes = "drop" (data/answers.py)
+        report.bad_boxes_dropped.append(sample_id)
+        return None
+    if sample.get("clipped"):
+        report.bad_boxes_clipped.append(sample_id)
+    if job.answer_check != "off" and not sample.get("rendered"):  # answer_check.py
+        check_answer(sample, sample_id, job.box_format, job.processor, job.data, report)
     try:
         text = processor.apply_chat_template(sample["messages"], tokenize=False, add_generation_prompt=False)
         encoded, images = processor_outputs(processor, text, sample.get("images") or [], layout)
@@ -307,7 +330,13 @@ def _encode(job: _Job, sample: dict[str, Any], split: str, report: SplitReport) 
             )
         report.overlength.append(sample_id)
         return None
-    labels = build_labels(ids, job.loss_on, job.spec)  # type: ignore[arg-type]
+    try:
+        in_answer = answer_tokens(text, ids, processor.tokenizer, job.spec)
+    except VlmtuneError:
+        if job.loss_on == "assistant":
+            raise
+        in_answer = None  # only the statistics' "trained under loss_on=assistant" share is lost
+    labels = build_labels(ids, job.loss_on, job.spec, in_answer)  # type: ignore[arg-type]
     trained = count_trained(labels)
     if trained == 0:
         report.untrained.append(sample_id)
@@ -316,7 +345,9 @@ def _encode(job: _Job, sample: dict[str, Any], split: str, report: SplitReport) 
     report.total_tokens += len(ids)
     report.trained_tokens += trained
     for mode in LOSS_MODES:
-        n = trained if mode == job.loss_on else count_trained(build_labels(ids, mode, job.spec))  # type: ignore
+        if mode != job.loss_on and mode == "assistant" and in_answer is None:
+            continue
+        n = trained if mode == job.loss_on else count_trained(build_labels(ids, mode, job.spec, in_answer))  # type: ignore
         report.trained_by_mode[mode] = report.trained_by_mode.get(mode, 0) + n
     row: dict[str, Any] = {
         "id": sample_id,

@@ -8,7 +8,8 @@
 The fingerprint covers everything that changes what `tokenize` writes: the source (a `.jsonl` file's bytes and
 those of every image it names, a folder's files, a plugin file's code, a built-in set's version, a hub dataset's
 commit), the subset and split keys, the model's processor and tokenizer files (not its weights), the pixel
-bounds, `max_length`, `overlength`, `loss_on`, the versions of transformers/tokenizers/Pillow and CODE_VERSION.
+bounds, `max_length`, `overlength`, `loss_on`, `bad_boxes`, the answer check, the versions of
+transformers/tokenizers/Pillow and CODE_VERSION (which covers how images are opened: EXIF orientation applied).
 Keys that cannot change the output (`training.*`, `variant`, `[tuning]` components) are left out, so v2, v3 and v4
 share one cache.
 
@@ -43,7 +44,9 @@ from vlmtune_cli.fsutil import exclusive_lock, replace_dir
 
 # Bump whenever vlmtune's encoding path (data.py's conversion of rows, labels.py, tokenized.py, the cache format)
 # changes what a cache entry holds: entries written by an older vlmtune then stop matching.
-CODE_VERSION = 2
+# 3: images are stored upright (EXIF orientation applied); answers rendered per family from `{"type": "boxes"}`;
+#    boxes checked; assistant turns found through character offsets.
+CODE_VERSION = 3
 MANIFEST = "manifest.json"
 STATS = "stats.json"
 # Versions of the libraries whose behaviour is baked into the cache (templating, tokenising, resizing).
@@ -123,6 +126,8 @@ def fingerprint(recipe: Recipe, cache_dir: Path) -> Fingerprint:
             "min_pixels": data.min_pixels,
             "max_pixels": data.max_pixels,
             "loss_on": recipe.tuning.loss_on,
+            "bad_boxes": data.bad_boxes,
+            "answer_check": answer_check(recipe),
         },
         "model": {
             "name": recipe.model.name,
@@ -133,6 +138,13 @@ def fingerprint(recipe: Recipe, cache_dir: Path) -> Fingerprint:
     }
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Fingerprint(key, inputs, model_path, resolved)
+
+
+def answer_check(recipe: Recipe) -> str:
+    """The answer check tokenize applies: `data.answer_check` for detection data from files, else "off"."""
+    if recipe.benchmark.task != "detection" or recipe.data.source.startswith("builtin:"):
+        return "off"
+    return recipe.data.answer_check
 
 
 def read_entry(path: Path) -> dict[str, Any] | None:

@@ -6,6 +6,12 @@ tokens stay in the loss) and refuses assistant-only loss for VLMs. Here:
   loss_on = "assistant"  only assistant turns: the tokens after each assistant header up to and including the
                          end-of-turn token. An answer that merely contains the word "assistant" is not a header:
                          headers start with a special token the text cannot produce.
+Assistant turns are found in the rendered text, not among the token ids: real Qwen and Llama tokenizers merge
+`\n\n`, so an answer that starts with a newline fuses with the header's last newline and the header's token ids
+never occur. The header and end-of-turn strings are located in the chat template's text, the text is tokenised
+with offsets, and a token trains when its characters overlap an answer (the fused `\n\n` token holds the
+answer's first character, so it trains). Those tokens are then lined up with the processor's ids, which differ
+only by the image tokens the processor expands (never trained).
 Samples are never truncated: one longer than `max_length` is reported as overlength, since cutting inside an
 image's tokens crashes the model ("image features and image tokens do not match").
 """
@@ -15,17 +21,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from vlmtune_cli.errors import VlmtuneError
+
 IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
 class LabelSpec:
-    """The token ids label building needs, looked up once per tokenizer."""
+    """The token ids and strings label building needs, looked up once per tokenizer."""
 
     image_ids: frozenset[int]
     header_ids: tuple[int, ...]
     end_id: int
     pad_id: int
+    header: str = ""
+    """The assistant header as text (`<|im_start|>assistant\n`); turns are found by it, not by `header_ids`."""
+    end: str = ""
+    """The end-of-turn token as text (`<|im_end|>`)."""
 
     @classmethod
     def for_family(cls, tokenizer: Any, family: Any) -> LabelSpec:
@@ -33,28 +45,87 @@ class LabelSpec:
         end = tokenizer.convert_tokens_to_ids(family.end_of_turn)
         images = frozenset(tokenizer.convert_tokens_to_ids(t) for t in family.image_tokens)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
-        return cls(image_ids=images, header_ids=header, end_id=end, pad_id=pad)
+        return cls(
+            image_ids=images,
+            header_ids=header,
+            end_id=end,
+            pad_id=pad,
+            header=family.assistant_header,
+            end=family.end_of_turn,
+        )
 
 
-def build_labels(input_ids: list[int], loss_on: Literal["all", "assistant"], spec: LabelSpec) -> list[int]:
-    """Labels for one unpadded sample: the token id where the loss applies, IGNORE_INDEX elsewhere."""
+def assistant_spans(text: str, spec: LabelSpec) -> list[tuple[int, int]]:
+    """Character spans [start, end) of the assistant answers in a rendered conversation: from the end of each
+    header through its end-of-turn token (to the end of the text when the last turn is unterminated)."""
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    while (found := text.find(spec.header, pos)) >= 0:
+        start = found + len(spec.header)
+        close = text.find(spec.end, start)
+        end = len(text) if close < 0 else close + len(spec.end)
+        spans.append((start, end))
+        pos = end
+    return spans
+
+
+def answer_tokens(text: str, input_ids: list[int], tokenizer: Any, spec: LabelSpec) -> list[bool]:
+    """Per token of `input_ids` (the processor's ids for `text`): does it lie in an assistant answer?
+
+    Raises VlmtuneError when the ids are not `text` tokenised with only image tokens expanded (a processor that
+    rewrites the text some other way), since the answers could then not be located.
+    """
+    spans = assistant_spans(text, spec)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # the `tokenizers` object itself: 10x less overhead than the Python wrapper's call
+        encoding = backend.encode(text, add_special_tokens=False)
+        ids, offsets = encoding.ids, encoding.offsets
+    else:
+        try:
+            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        except NotImplementedError as exc:  # slow tokenizers have no offsets
+            raise VlmtuneError(
+                f"{type(tokenizer).__name__} gives no character offsets, which assistant-only labels need",
+                hint='use the model\'s fast tokenizer (tokenizer.json), or set tuning.loss_on = "all"',
+            ) from exc
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    # A token with empty offsets (rare, e.g. trimmed whitespace) counts as covering its first character.
+    inside = [any(a < end and max(b, a + 1) > start for start, end in spans) for a, b in offsets]
+    flags: list[bool] = []
+    j = 0
+    for token in input_ids:
+        if j < len(ids) and token == ids[j]:
+            flags.append(inside[j])
+            j += 1
+        elif token in spec.image_ids:  # the processor's expansion of an image placeholder
+            flags.append(False)
+        else:
+            break
+    if len(flags) != len(input_ids) or j != len(ids):
+        raise VlmtuneError(
+            f"the processor's token ids differ from the tokenised chat text beyond image tokens (at token "
+            f"{len(flags)} of {len(input_ids)}), so the assistant answers cannot be located",
+            hint='set tuning.loss_on = "all", or report the model family',
+        )
+    return flags
+
+
+def build_labels(
+    input_ids: list[int],
+    loss_on: Literal["all", "assistant"],
+    spec: LabelSpec,
+    in_answer: list[bool] | None = None,
+) -> list[int]:
+    """Labels for one unpadded sample: the token id where the loss applies, IGNORE_INDEX elsewhere.
+
+    `in_answer` (from `answer_tokens`) says which tokens lie in assistant answers; `loss_on = "assistant"`
+    needs it.
+    """
     if loss_on == "all":
         return [IGNORE_INDEX if t in spec.image_ids else t for t in input_ids]
-    labels = [IGNORE_INDEX] * len(input_ids)
-    header, n = spec.header_ids, len(spec.header_ids)
-    i = 0
-    while i <= len(input_ids) - n:
-        if tuple(input_ids[i : i + n]) != header:
-            i += 1
-            continue
-        j = i + n
-        while j < len(input_ids):
-            labels[j] = input_ids[j]
-            j += 1
-            if input_ids[j - 1] == spec.end_id:
-                break
-        i = j
-    return labels
+    if in_answer is None or len(in_answer) != len(input_ids):
+        raise ValueError("loss_on='assistant' needs one in_answer flag per token (answer_tokens)")
+    return [t if inside else IGNORE_INDEX for t, inside in zip(input_ids, in_answer, strict=True)]
 
 
 class Overlength(Exception):
@@ -78,7 +149,9 @@ def encode_sample(
     input_ids = encoded["input_ids"][0]
     if len(input_ids) > max_length:
         raise Overlength(len(input_ids))
-    labels = build_labels(input_ids.tolist(), loss_on, spec)  # type: ignore[arg-type]
+    ids = input_ids.tolist()
+    in_answer = answer_tokens(text, ids, processor.tokenizer, spec) if loss_on == "assistant" else None
+    labels = build_labels(ids, loss_on, spec, in_answer)  # type: ignore[arg-type]
     item: dict[str, Any] = {"input_ids": input_ids, "labels": labels}
     for key, value in encoded.items():
         if key in ("input_ids", "attention_mask"):

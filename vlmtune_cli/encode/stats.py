@@ -36,6 +36,14 @@ class SplitReport:
     kept: int = 0
     overlength: list[str] = field(default_factory=list)
     untrained: list[str] = field(default_factory=list)
+    bad_boxes_dropped: list[str] = field(default_factory=list)
+    """Samples left out for a bad target box (`data.bad_boxes = "drop"`)."""
+    bad_boxes_clipped: list[str] = field(default_factory=list)
+    """Samples whose target boxes were clipped or removed (`data.bad_boxes = "clip"`)."""
+    unparsed_answers: list[str] = field(default_factory=list)
+    """Samples whose own answer the family's box parser cannot read (`data.answer_check`)."""
+    unparsed_reason: str | None = None
+    """Where and why the first of them failed."""
     trained_tokens: int = 0
     total_tokens: int = 0
     trained_by_mode: dict[str, int] = field(default_factory=dict)
@@ -51,13 +59,33 @@ class SplitReport:
             parts.append(f"{len(self.overlength)} longer than max_length ({_ids(self.overlength)})")
         if self.untrained:
             parts.append(f"{len(self.untrained)} with no trained token ({_ids(self.untrained)})")
+        if self.bad_boxes_dropped:
+            parts.append(f"{len(self.bad_boxes_dropped)} with a bad box ({_ids(self.bad_boxes_dropped)})")
         return f"{self.split}: dropped " + "; ".join(parts) if parts else None
+
+    def describe_fixes(self) -> list[str]:
+        """Lines about clipped boxes and answers that do not parse (the samples were kept)."""
+        lines = []
+        if self.bad_boxes_clipped:
+            n = len(self.bad_boxes_clipped)
+            lines.append(f"{self.split}: clipped the boxes of {n} sample(s) ({_ids(self.bad_boxes_clipped)})")
+        if self.unparsed_answers:
+            n = len(self.unparsed_answers)
+            lines.append(
+                f"{self.split}: {n} answer(s) do not parse as boxes ({_ids(self.unparsed_answers)}); "
+                f"the first: {self.unparsed_reason}"
+            )
+        return lines
 
     def merge(self, other: SplitReport) -> None:
         """Append a later shard's report to this one."""
         self.kept += other.kept
         self.overlength += other.overlength
         self.untrained += other.untrained
+        self.bad_boxes_dropped += other.bad_boxes_dropped
+        self.bad_boxes_clipped += other.bad_boxes_clipped
+        self.unparsed_answers += other.unparsed_answers
+        self.unparsed_reason = self.unparsed_reason or other.unparsed_reason
         self.trained_tokens += other.trained_tokens
         self.total_tokens += other.total_tokens
         for mode, n in other.trained_by_mode.items():
@@ -75,6 +103,10 @@ class SplitReport:
             "over_max_length": len(self.overlength),
             "dropped_overlength": list(self.overlength),
             "dropped_untrained": list(self.untrained),
+            "dropped_bad_boxes": list(self.bad_boxes_dropped),
+            "clipped_boxes": list(self.bad_boxes_clipped),
+            "unparsed_answers": list(self.unparsed_answers),
+            "unparsed_reason": self.unparsed_reason,
             "images": len(self.visual_tokens),
             "visual_tokens_per_image": _distribution(self.visual_tokens),
             "trained_fraction": {
@@ -92,6 +124,10 @@ class SplitReport:
             kept=summary["samples"],
             overlength=summary["dropped_overlength"],
             untrained=summary["dropped_untrained"],
+            bad_boxes_dropped=summary.get("dropped_bad_boxes", []),
+            bad_boxes_clipped=summary.get("clipped_boxes", []),
+            unparsed_answers=summary.get("unparsed_answers", []),
+            unparsed_reason=summary.get("unparsed_reason"),
         )
 
 
@@ -151,7 +187,10 @@ def stats_table(stats: dict[str, Any]) -> Table:
 
     row("samples kept", lambda s: f"{s['samples']:,}")
     row(f"over max_length ({max_length:,})", lambda s: f"{s['over_max_length']:,}")
-    row("no trained token (dropped)", lambda s: f"{len(s['dropped_untrained']):,}", end_section=True)
+    row("no trained token (dropped)", lambda s: f"{len(s['dropped_untrained']):,}")
+    row("bad box (dropped)", lambda s: f"{len(s.get('dropped_bad_boxes', [])):,}")
+    row("bad box (clipped)", lambda s: f"{len(s.get('clipped_boxes', [])):,}")
+    row("answers that do not parse", lambda s: f"{len(s.get('unparsed_answers', [])):,}", end_section=True)
     for q in _QUANTILES:
         row(f"sequence length {q}", quantile("length", q), end_section=q == "max")
     for q in _QUANTILES:

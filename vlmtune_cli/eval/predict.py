@@ -73,6 +73,8 @@ def open_images(paths: Sequence[Path]) -> list[Any]:
     """Every image decoded, as RGB. Raises UsageError naming the first one that is missing or unreadable."""
     from PIL import Image, UnidentifiedImageError
 
+    from vlmtune_cli.data.images import open_image
+
     images = []
     for path in paths:
         path = Path(path)
@@ -81,9 +83,7 @@ def open_images(paths: Sequence[Path]) -> list[Any]:
         if path.is_dir():
             raise UsageError(f"image {path} is a folder", hint="name the image files, e.g. photos/*.jpg")
         try:
-            with Image.open(path) as image:
-                image.load()
-                images.append(image.convert("RGB"))
+            images.append(open_image(path))  # upright: EXIF orientation applied, as training saw its images
         except UnidentifiedImageError:
             raise UsageError(f"image {path} cannot be read (corrupt, or not an image)") from None
         except (OSError, ValueError, Image.DecompressionBombError) as exc:

@@ -18,6 +18,11 @@ otherwise within half a step: grid `side / 2000` px, plain 0.5 px, JSON `0.5 * s
 Integer pixel boxes in an image whose sides divide 1000 (200, 250, 500, 1000) survive both the grid and
 `plain` exactly; the synthetic data is built that way.
 
+Each format is one `BoxFormat` entry in `BOX_FORMATS`: its text units per image side, a writer (the renderer
+vlmtune uses to write answers from a sample's `target.boxes`) and a reader (the parser of model output and of
+answers users wrote). A family with a new syntax adds one entry; e.g. Qwen3-VL's JSON in relative 0-1000
+coordinates is `BoxFormat(_grid_units, _write_json, _read_json, "grid 0-1000")`.
+
 Parsing never raises on model output. Text around the boxes is ignored; anything wrong with a box
 (truncated, non-numeric, outside the image, zero area) makes `ok` False with a `reason`, while `boxes`
 still holds every box that did parse, so a caller can be strict (count a failure) or lenient. Reversed
@@ -29,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vlmtune_cli.errors import UsageError
@@ -36,7 +42,6 @@ from vlmtune_cli.errors import UsageError
 Box = tuple[float, float, float, float]
 Size = tuple[int, int]  # (width, height)
 
-FORMATS = ("qwen2-vl-grid", "qwen2.5-vl-json", "plain")
 GRID = 1000
 
 _NUM = r"[-+]?\d+(?:\.\d+)?"
@@ -99,33 +104,64 @@ def processor_resized_size(
     return smart_resize(image_size[0], image_size[1], factor, min_pixels, max_pixels)
 
 
-def _check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown box format {fmt!r}; box formats: {', '.join(FORMATS)}")
+def _check_format(fmt: str) -> BoxFormat:
+    if fmt not in BOX_FORMATS:
+        raise UsageError(f"unknown box format {fmt!r}; box formats: {', '.join(BOX_FORMATS)}")
+    return BOX_FORMATS[fmt]
 
 
-def _scales(fmt: str, image_size: Size, resized_size: Size | None) -> Size:
-    """Text units per image side: what an x or y equal to the full width or height is written as."""
-    if fmt == "qwen2-vl-grid":
-        return GRID, GRID
-    if fmt == "qwen2.5-vl-json":
-        return resized_size or image_size
-    return image_size
+def is_box(value: object) -> bool:
+    """True for 4 finite numbers (a list or tuple), whatever they say geometrically."""
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    )
+
+
+def box_problem(box: object, image_size: Size) -> str | None:
+    """What is wrong with a ground-truth box `(x1, y1, x2, y2)` in pixels of an image of `image_size`, or None.
+
+    Problems: not 4 finite numbers, inverted corners (x2 < x1 or y2 < y1: often an `[x, y, w, h]` box), zero
+    area, any part outside the image.
+    """
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
+        return f"{box!r} is not 4 numbers x1, y1, x2, y2"[:120]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box):
+        return f"{list(box)!r} is not 4 finite numbers"[:120]
+    x1, y1, x2, y2 = box
+    width, height = image_size
+    if x2 < x1 or y2 < y1:
+        return f"{list(box)} is inverted (x2 < x1 or y2 < y1; an [x, y, width, height] box?)"
+    if x1 == x2 or y1 == y2:
+        return f"{list(box)} has zero area"
+    if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+        return f"{list(box)} lies outside the {width}x{height} image"
+    return None
+
+
+def clip_box(box: Box, image_size: Size) -> Box | None:
+    """A box (4 finite numbers) with its corners ordered and clamped into the image; None if no area is left."""
+    width, height = image_size
+    x1, x2 = sorted((min(max(float(box[0]), 0.0), width), min(max(float(box[2]), 0.0), width)))
+    y1, y2 = sorted((min(max(float(box[1]), 0.0), height), min(max(float(box[3]), 0.0), height)))
+    return (x1, y1, x2, y2) if x1 < x2 and y1 < y2 else None
 
 
 def format_boxes(
     fmt: str, boxes: list[Box], labels: list[str], image_size: Size, resized_size: Size | None = None
 ) -> str:
-    """Write boxes (original pixels) as the text a model of the family is trained to produce.
+    """Write boxes (original pixels) as the text a model of the family is trained to produce: the renderer of
+    answers vlmtune writes itself.
 
     `resized_size` is the processor's (width, height) for `qwen2.5-vl-json`; without it the image is taken as
     not resized. Boxes outside the image or of zero area are an error in the ground truth (UsageError).
     """
-    _check_format(fmt)
+    box_format = _check_format(fmt)
     if len(boxes) != len(labels):
         raise UsageError(f"{len(boxes)} boxes but {len(labels)} labels")
     width, height = image_size
-    sx, sy = _scales(fmt, image_size, resized_size)
+    sx, sy = box_format.units(image_size, resized_size)
     written = []
     for i, box in enumerate(boxes):
         x1, x2 = sorted((box[0], box[2]))
@@ -136,18 +172,10 @@ def format_boxes(
         written.append(
             (round(x1 * sx / width), round(y1 * sy / height), round(x2 * sx / width), round(y2 * sy / height))
         )
-    if fmt == "qwen2-vl-grid":
-        return "".join(
-            f"<|object_ref_start|>{label}<|object_ref_end|><|box_start|>({a},{b}),({c},{d})<|box_end|>"
-            for label, (a, b, c, d) in zip(labels, written, strict=True)
-        )
-    if fmt == "qwen2.5-vl-json":
-        items = [{"bbox_2d": list(w), "label": label} for w, label in zip(written, labels, strict=True)]
-        return json.dumps(items)
-    return "\n".join(f"[{a}, {b}, {c}, {d}]" for a, b, c, d in written) if written else "[]"
+    return box_format.write(written, labels)
 
 
-def _add(result: ParseResult, values: list, label: str, fmt: str, image_size: Size, scales: Size) -> None:
+def _add(result: ParseResult, values: list, label: str, unit: str, image_size: Size, scales: Size) -> None:
     """Validate one box in text units, map it to original pixels and append it, or record why not."""
     try:
         numbers = [float(v) for v in values]
@@ -161,8 +189,7 @@ def _add(result: ParseResult, values: list, label: str, fmt: str, image_size: Si
     x1, x2 = sorted((numbers[0], numbers[2]))
     y1, y2 = sorted((numbers[1], numbers[3]))
     if x1 < 0 or y1 < 0 or x2 > sx or y2 > sy:
-        unit = "grid 0-1000" if fmt == "qwen2-vl-grid" else f"image {sx}x{sy}"
-        result._fail(f"box {values!r} lies outside the {unit}")
+        result._fail(f"box {values!r} lies outside the {unit or f'image {sx}x{sy}'}")
         return
     if x1 == x2 or y1 == y2:
         result._fail(f"box {values!r} has zero area")
@@ -172,13 +199,45 @@ def _add(result: ParseResult, values: list, label: str, fmt: str, image_size: Si
     result.labels.append(label)
 
 
-def _parse_grid(text: str, result: ParseResult, image_size: Size) -> None:
-    scales = (GRID, GRID)
+# --- the formats: units, writer, reader ----------------------------------------------------------------
+
+Written = list[tuple[int, int, int, int]]
+AddBox = Callable[[list, str], None]
+
+
+def _grid_units(image_size: Size, resized_size: Size | None) -> Size:
+    return GRID, GRID
+
+
+def _resized_units(image_size: Size, resized_size: Size | None) -> Size:
+    return resized_size or image_size
+
+
+def _pixel_units(image_size: Size, resized_size: Size | None) -> Size:
+    return image_size
+
+
+def _write_grid(written: Written, labels: list[str]) -> str:
+    return "".join(
+        f"<|object_ref_start|>{label}<|object_ref_end|><|box_start|>({a},{b}),({c},{d})<|box_end|>"
+        for label, (a, b, c, d) in zip(labels, written, strict=True)
+    )
+
+
+def _write_json(written: Written, labels: list[str]) -> str:
+    return json.dumps([{"bbox_2d": list(w), "label": label} for w, label in zip(written, labels, strict=True)])
+
+
+def _write_plain(written: Written, labels: list[str]) -> str:
+    return "\n".join(f"[{a}, {b}, {c}, {d}]" for a, b, c, d in written) if written else "[]"
+
+
+def _read_grid(text: str, result: ParseResult, add: AddBox) -> None:
     matches = list(_GRID_TOKENS.finditer(text))
     if not matches:
         bare = list(_BARE_GRID.finditer(text))
         for m in bare:
-            _add(result, list(m.group(2, 3, 4, 5)), m.group(1).strip(), "qwen2-vl-grid", image_size, scales)
+            add(list(m.group(2, 3, 4, 5)), m.group(1).strip())
         if not bare:
             truncated = "<|box_start|>" in text or "<|object_ref_start|>" in text
             result._fail("output ends inside a box (truncated?)" if truncated else "no box found")
@@ -195,7 +254,7 @@ def _parse_grid(text: str, result: ParseResult, image_size: Size) -> None:
         if coords is None:
             result._fail(f"malformed box {m.group('box')!r}; expected (x1,y1),(x2,y2)")
             continue
-        _add(result, list(coords.groups()), label, "qwen2-vl-grid", image_size, scales)
+        add(list(coords.groups()), label)
     tail = text[matches[-1].end() :]
     if pending_ref or any(tok in tail for tok in ("<|box_start|>", "<|object_ref_start|>")):
         result._fail("output ends inside a box (truncated?)")
@@ -232,44 +291,58 @@ def _loads(text: str) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _parse_json(text: str, result: ParseResult, image_size: Size, resized_size: Size | None) -> None:
-    scales = _scales("qwen2.5-vl-json", image_size, resized_size)
+def _read_json(text: str, result: ParseResult, add: AddBox) -> None:
     for item in _json_items(text, result):
         if not isinstance(item, dict) or not isinstance(item.get("bbox_2d"), list):
             result._fail(f"item without a bbox_2d list: {item!r}"[:200])
             continue
         label = item.get("label", "")
-        _add(
-            result,
-            item["bbox_2d"],
-            label if isinstance(label, str) else str(label),
-            "qwen2.5-vl-json",
-            image_size,
-            scales,
-        )
+        add(item["bbox_2d"], label if isinstance(label, str) else str(label))
 
 
-def _parse_plain(text: str, result: ParseResult, image_size: Size) -> None:
+def _read_plain(text: str, result: ParseResult, add: AddBox) -> None:
     groups = _BRACKETS.findall(text)
     for group in groups:
         if group.strip():  # `[]` and the outer brackets of `[[...], [...]]` hold no box
-            _add(result, [v.strip() for v in group.split(",")], "", "plain", image_size, image_size)
+            add([v.strip() for v in group.split(",")], "")
     if text.count("[") != text.count("]"):
         result._fail("unbalanced brackets (truncated?)")
     elif not groups:
         result._fail("no [x1, y1, x2, y2] list found")
 
 
+@dataclass(frozen=True)
+class BoxFormat:
+    """One text syntax for boxes. Text coordinates are integers in `units(image_size, resized_size)` per side."""
+
+    units: Callable[[Size, Size | None], Size]
+    """Text units per image side: what an x equal to the full width (a y equal to the height) is written as."""
+    write: Callable[[Written, list[str]], str]
+    """Boxes already in text units (integers) and their labels → the answer text."""
+    read: Callable[[str, ParseResult, AddBox], None]
+    """Text → calls `add(values, label)` per box found (values in text units); records syntax problems."""
+    unit_name: str = ""
+    """How messages name the units ("grid 0-1000"); empty: "image WxH"."""
+
+
+BOX_FORMATS: dict[str, BoxFormat] = {
+    "qwen2-vl-grid": BoxFormat(_grid_units, _write_grid, _read_grid, "grid 0-1000"),
+    "qwen2.5-vl-json": BoxFormat(_resized_units, _write_json, _read_json),
+    "plain": BoxFormat(_pixel_units, _write_plain, _read_plain),
+}
+FORMATS = tuple(BOX_FORMATS)
+
+
 def parse_boxes(fmt: str, text: str, image_size: Size, resized_size: Size | None = None) -> ParseResult:
     """Read the boxes of a model's answer, in original-image pixels. Never raises on bad output."""
-    _check_format(fmt)
+    box_format = _check_format(fmt)
     result = ParseResult()
     if not isinstance(text, str) or not text.strip():
         return result._fail("empty output")
-    if fmt == "qwen2-vl-grid":
-        _parse_grid(text, result, image_size)
-    elif fmt == "qwen2.5-vl-json":
-        _parse_json(text, result, image_size, resized_size)
-    else:
-        _parse_plain(text, result, image_size)
+    scales = box_format.units(image_size, resized_size)
+
+    def add(values: list, label: str) -> None:
+        _add(result, values, label, box_format.unit_name, image_size, scales)
+
+    box_format.read(text, result, add)
     return result

@@ -1,8 +1,8 @@
 """Everything vlmtune knows about each supported model family, in one table.
 
-Supporting a new family means adding one `Family` entry to `FAMILIES` (and, if its box syntax is new, a parser
-in boxes.py). The module prefixes below were read off real model instances in transformers 5.23; a parameter
-that matches none of them is an error, never silently left out of freezing.
+Supporting a new family means adding one `Family` entry to `FAMILIES` (and, if its box syntax is new, one
+`BoxFormat` entry, writer and parser, in boxes.py). The module prefixes below were read off real model instances
+in transformers 5.23; a parameter that matches none of them is an error, never silently left out of freezing.
 
 Imports nothing heavy: recipe validation and `--help` may use it.
 """

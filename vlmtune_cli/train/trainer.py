@@ -242,13 +242,15 @@ def _encoded_splits(recipe: Recipe, processor: Any, family: Any, cache_dir: Path
 
     Raises UsageError when no training sample survives (see tokenized.py).
     """
+    from rich.markup import escape
+
     from vlmtune_cli.encode.build import open_splits, tokenize_recipe
 
     result = tokenize_recipe(recipe, cache_dir, processor=processor, family=family)
     err_console.print(f"tokenized data: {result.describe()}", highlight=False)
     for report in result.reports():
-        if (drops := report.describe_drops()) is not None:
-            err_console.print(f"[yellow]{drops}[/]")
+        for line in [d for d in (report.describe_drops(),) if d] + report.describe_fixes():
+            err_console.print(f"[yellow]{escape(line)}[/]", highlight=False)
     return open_splits(result, processor)
 
 
