@@ -4,7 +4,7 @@ Each sample is encoded once: chat template, processor, labels for `loss_on`. Sto
 and labels (int32), the processor's small outputs (`image_grid_thw`, `mm_token_type_ids`, Mllama's aspect-ratio
 inputs and `cross_attention_mask`) and each image resized to the model's resolution (Qwen-VL; Mllama's as they came)
 as raw RGB. `pixel_values` are not stored: the data loader recomputes them, bit-identical,
-with the model's image processor (cached_inputs.py says how, benchmarks/README.md why).
+with the model's image processor (inputs.py says how, benchmarks/README.md why). The entry's files: entry.py.
 
 A sample is dropped, never silently mangled, when it is longer than `data.max_length` (and the recipe says
 `overlength = "drop"`) or when it has no trained token under `loss_on` (an all-masked sample would add nothing
@@ -33,36 +33,16 @@ from vlmtune_cli import __version__
 from vlmtune_cli.config.schema import DataSection, Recipe
 from vlmtune_cli.encode import cache
 from vlmtune_cli.encode.answer_check import check_answer, refuse_unparsed
-from vlmtune_cli.encode.inputs import ModelInputs, PixelMode, probe_layout, processor_outputs
+from vlmtune_cli.encode.entry import BATCH_ROWS, ShardWriter, TokenizeResult, open_splits, read_rows
+from vlmtune_cli.encode.inputs import probe_layout, processor_outputs
 from vlmtune_cli.encode.labels import LabelSpec, answer_tokens, build_labels, count_trained
 from vlmtune_cli.encode.stats import LOSS_MODES, SplitReport
 from vlmtune_cli.errors import UsageError, VlmtuneError
 
 SHARD_ROWS = 1024
-BATCH_ROWS = 64
-BATCH_BYTES = 32 << 20
 SAMPLES_PER_WORKER = 400  # below this a worker process costs more than it saves (benchmarks/README.md)
 
 __all__ = ["SplitReport", "TokenizeResult", "open_splits", "read_rows", "tokenize_recipe"]
-
-
-@dataclass
-class TokenizeResult:
-    path: Path
-    key: str
-    hit: bool
-    seconds: float
-    manifest: dict[str, Any]
-    stats: dict[str, Any]
-    model_path: str
-    miss_reason: str | None = None
-
-    def reports(self) -> list[SplitReport]:
-        return [SplitReport.from_summary(name, s) for name, s in self.stats["splits"].items()]
-
-    def describe(self) -> str:
-        how = "cache hit" if self.hit else "built"
-        return f"{self.path} ({how}, {self.seconds:.2f} s)"
 
 
 def tokenize_recipe(
@@ -285,7 +265,7 @@ def _run_shard(task: tuple) -> tuple[str, str, int, SplitReport]:
     file = f"{'train' if name == job.data.train_split else 'test'}/{number:05d}.arrow"
     (job.staging / file).parent.mkdir(parents=True, exist_ok=True)
     report = SplitReport(name)
-    with _ShardWriter(job.staging / file, job.layout) as writer:
+    with ShardWriter(job.staging / file, job.layout) as writer:
         for k in range(start, end):
             row = _encode(job, job.splits[name][k], name, report)
             if row is not None:
@@ -378,113 +358,3 @@ def _visual_tokens(encoded: dict[str, Any], ids: list[int], n_images: int, layou
         return [int(t * h * w) // layout["merge"] ** 2 for t, h, w in grid.tolist()]
     pads = sum(1 for t in ids if t == layout["image_token_id"])
     return [pads // n_images] * n_images
-
-
-class _ShardWriter:
-    """Rows → an Arrow IPC stream file, flushed every BATCH_ROWS rows or BATCH_BYTES of images."""
-
-    def __init__(self, path: Path, layout: dict[str, Any]):
-        import pyarrow as pa
-
-        self.pa, self.path, self.rows = pa, path, 0
-        self.schema = _schema(layout)
-        self.buffer: list[dict[str, Any]] = []
-        self.bytes = 0
-        self.writer = None
-
-    def __enter__(self) -> _ShardWriter:
-        return self
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.buffer.append(row)
-        self.bytes += sum(len(b) for b in row["images"])
-        if len(self.buffer) >= BATCH_ROWS or self.bytes >= BATCH_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.buffer:
-            return
-        if self.writer is None:
-            self.writer = self.pa.ipc.new_stream(str(self.path), self.schema)
-        columns = {name: [row[name] for row in self.buffer] for name in self.schema.names}
-        self.writer.write_batch(self.pa.RecordBatch.from_pydict(columns, schema=self.schema))
-        self.rows += len(self.buffer)
-        self.buffer, self.bytes = [], 0
-
-    def __exit__(self, kind, value, traceback) -> None:
-        if kind is None:
-            self.flush()
-        if self.writer is not None:
-            self.writer.close()
-
-
-def _schema(layout: dict[str, Any]) -> Any:
-    import numpy as np
-    import pyarrow as pa
-
-    fields = [
-        pa.field("id", pa.string()),
-        pa.field("input_ids", pa.list_(pa.int32())),
-        pa.field("labels", pa.list_(pa.int32())),
-        pa.field("images", pa.list_(pa.binary())),
-        pa.field("image_sizes", pa.list_(pa.list_(pa.int32()))),
-    ]
-    for key, (_, ndim, dtype) in layout["extras"].items():
-        kind = pa.from_numpy_dtype(np.dtype(dtype))
-        for _ in range(ndim):
-            kind = pa.list_(kind)
-        fields.append(pa.field(key, kind))
-    return pa.schema(fields)
-
-
-# --- reading -------------------------------------------------------------------------------------------
-
-
-def open_splits(result: TokenizeResult, processor: Any, *, pixels: PixelMode = "table") -> tuple[Any, Any]:
-    """(train, test) of a cache entry as memory-mapped `datasets.Dataset`s serving model inputs; test may be None.
-
-    `pixels`: how the loader makes `pixel_values` (see `ModelInputs`).
-    """
-    import datasets
-    import pyarrow.compute as pc
-
-    opened = []
-    for name in (result.stats["train_split"], result.stats["test_split"]):
-        shards = result.manifest["splits"][name]["shards"]
-        if not shards:
-            opened.append(None)
-            continue
-        parts = [datasets.Dataset.from_file(str(result.path / shard["file"])) for shard in shards]
-        dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-        # Token counts for `training.group_by_length` (transformers reads the `length` column), from the ids alone.
-        lengths = pc.list_value_length(dataset.data.column("input_ids")).to_numpy()
-        dataset = dataset.add_column("length", lengths)
-        opened.append(
-            dataset.with_transform(
-                ModelInputs(
-                    processor.image_processor,
-                    result.manifest["extras"],
-                    result.manifest.get("nested_images", False),
-                    pixels=pixels,
-                )
-            )
-        )
-    return opened[0], opened[1]
-
-
-def read_rows(
-    result: TokenizeResult, n: int, columns: tuple[str, ...] = ("id", "input_ids", "labels")
-) -> list[dict[str, Any]]:
-    """The first `n` cached samples (train split first), as plain lists; needs pyarrow only."""
-    import pyarrow as pa
-
-    rows: list[dict[str, Any]] = []
-    for name in (result.stats["train_split"], result.stats["test_split"]):
-        for shard in result.manifest["splits"][name]["shards"]:
-            with pa.memory_map(str(result.path / shard["file"])) as source:
-                for batch in pa.ipc.open_stream(source):
-                    for row in batch.select(list(columns)).to_pylist():
-                        if len(rows) >= n:
-                            return rows
-                        rows.append({"split": name, **row})
-    return rows

@@ -1,5 +1,8 @@
 """The tokenised-dataset cache: its fingerprint, its layout, and writing an entry so it is complete or absent.
 
+Longer than 400 lines because what the fingerprint hashes (the digests of sources and model files, remembered
+across runs) is read best next to the fingerprint it makes; the entry's files themselves are in entry.py.
+
     <cache_dir>/tokenized/<fingerprint>/
       manifest.json        everything the fingerprint covers, the columns, the shards, the label token ids
       stats.json           the token statistics `vlmtune tokenize` prints
