@@ -228,6 +228,7 @@ def _auto_workers(total: int) -> int:
 
 
 def _run(tasks: list[tuple], total: int, workers: int, progress: bool) -> list[tuple]:
+    assert _JOB is not None, "_build sets the job before it runs shards"
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
     from vlmtune_cli.console import err_console
@@ -265,6 +266,7 @@ def _run_shard(task: tuple) -> tuple[str, str, int, SplitReport]:
     """Encode samples [start, end) of a split into one shard file; returns (split, file, rows, report)."""
     name, number, start, end = task
     job = _JOB
+    assert job is not None, "_build sets the job before it runs shards"
     # Shards sit under the split's role, not its name: a split name need not be a valid directory name.
     file = f"{'train' if name == job.data.train_split else 'test'}/{number:05d}.arrow"
     (job.staging / file).parent.mkdir(parents=True, exist_ok=True)
@@ -426,7 +428,8 @@ def open_splits(result: TokenizeResult, processor: Any, *, pixels: PixelMode = "
         parts = [datasets.Dataset.from_file(str(result.path / shard["file"])) for shard in shards]
         dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
         # Token counts for `training.group_by_length` (transformers reads the `length` column), from the ids alone.
-        lengths = pc.list_value_length(dataset.data.column("input_ids")).to_numpy()
+        # (pyarrow.compute generates its functions at import, so pyright cannot see list_value_length.)
+        lengths = pc.list_value_length(dataset.data.column("input_ids")).to_numpy()  # pyright: ignore[reportAttributeAccessIssue]
         dataset = dataset.add_column("length", lengths)
         opened.append(
             dataset.with_transform(
