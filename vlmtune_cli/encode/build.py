@@ -26,7 +26,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmtune_cli import __version__
 from vlmtune_cli.config.schema import DataSection, Recipe
@@ -35,6 +35,11 @@ from vlmtune_cli.encode.inputs import ModelInputs, PixelMode, probe_layout, proc
 from vlmtune_cli.encode.labels import LabelSpec, build_labels, count_trained
 from vlmtune_cli.encode.stats import LOSS_MODES, SplitReport
 from vlmtune_cli.errors import UsageError, VlmtuneError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from vlmtune_cli.models.families import Family
 
 SHARD_ROWS = 1024
 BATCH_ROWS = 64
@@ -70,7 +75,7 @@ def tokenize_recipe(
     force: bool = False,
     workers: int = 0,
     processor: Any = None,
-    family: Any = None,
+    family: Family | None = None,
     progress: bool = True,
     ids_without_pixels: bool = True,
 ) -> TokenizeResult:
@@ -133,7 +138,7 @@ class _Job:
     splits: dict[str, Any]
     staging: Path
     counter: Any = None
-    on_sample: Any = None
+    on_sample: Callable[[], None] | None = None
 
 
 _JOB: _Job | None = None
@@ -143,7 +148,7 @@ def _build(
     recipe: Recipe,
     fp: cache.Fingerprint,
     processor: Any,
-    family: Any,
+    family: Family,
     staging: Path,
     workers: int,
     progress: bool,
