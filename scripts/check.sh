@@ -9,4 +9,4 @@ if ! .venv/bin/python -c "import basedpyright" 2>/dev/null; then
 fi
 .venv/bin/ruff format --check vlmtune_cli tests benchmarks noxfile.py
 .venv/bin/ruff check vlmtune_cli tests benchmarks noxfile.py
-.venv/bin/basedpyright
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/basedpyright  # the venv first on PATH: it finds the packages there

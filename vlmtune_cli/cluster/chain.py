@@ -78,7 +78,7 @@ def _submit_links(
     settings: Settings,
     first: int,
     after: str | None,
-    flags: Any,
+    flags: SlurmFlags,
 ) -> list[str]:
     """Submit links `first`..N (each afterok on the previous), recording each in the manifest as it goes."""
     from vlmtune_cli.cluster.executor import make_executor, submit_job
@@ -122,7 +122,7 @@ def submit_chain(
     recipe: Recipe,
     recipe_path: Path | None,
     settings: Settings,
-    flags: Any,
+    flags: SlurmFlags,
     argv: list[str],
 ) -> tuple[dict[str, Any], list[str]]:
     """Submit every link of the (effective) recipe's chain; returns the manifest and the job ids."""
@@ -158,7 +158,7 @@ def resolve_run_dir(target: Path | None, settings: Settings) -> Path:
     return target
 
 
-def resume_chain(run_dir: Path, settings: Settings, flags: Any, argv: list[str]) -> list[str]:
+def resume_chain(run_dir: Path, settings: Settings, flags: SlurmFlags, argv: list[str]) -> list[str]:
     """Resubmit the links not done and not queued; returns their new job ids ([] when nothing is left)."""
     manifest, rows = chain_status(run_dir)
     if manifest["backend"] != "slurm":

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import submitit
 
 from vlmtune_cli.cluster.sbatch import require_sbatch
 from vlmtune_cli.errors import UsageError, VlmtuneError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MAX_NUM_TIMEOUT = 20
 """How many times one link may be requeued after its time-limit / preemption signal."""
@@ -25,7 +28,7 @@ def make_executor(folder: Path, params: dict[str, Any], python: str | None = Non
     return executor
 
 
-def submit_job(executor: Any, function: Any) -> str:
+def submit_job(executor: Any, function: Callable[[], object]) -> str:
     """Submit `function`; returns the job id. sbatch's refusal becomes a UsageError carrying SLURM's message."""
     try:
         job = executor.submit(function)

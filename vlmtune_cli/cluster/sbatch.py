@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlmtune_cli.config.schema import Recipe
+from vlmtune_cli.config.schema import Recipe, SlurmSection
 from vlmtune_cli.config.settings import Settings
 from vlmtune_cli.errors import UsageError
 
@@ -71,7 +71,7 @@ def time_to_seconds(text: str) -> int:
 
 
 def sbatch_parameters(
-    slurm: Any, settings: Settings, flags: SlurmFlags, *, job_name: str, dependency: str | None = None
+    slurm: SlurmSection, settings: Settings, flags: SlurmFlags, *, job_name: str, dependency: str | None = None
 ) -> dict[str, Any]:
     """The parameters for submitit's `SlurmExecutor.update_parameters` (native sbatch names)."""
     time_text = flags.time if flags.time is not None else slurm.time

@@ -108,7 +108,7 @@ def chain_status(run_dir: Path) -> tuple[dict[str, Any], list[LinkStatus]]:
                 "running": "RUNNING?" if manifest["backend"] == "slurm" else "INTERRUPTED",
                 "interrupted": "REQUEUED",
                 "failed": "FAILED",
-            }.get(record.get("state"), "UNKNOWN")
+            }.get(str(record.get("state")), "UNKNOWN")
         elif job_id:
             state = "UNKNOWN"
         elif link.get("error"):

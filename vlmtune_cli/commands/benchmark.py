@@ -137,7 +137,7 @@ class _GenerationBar:
         self.task = self.progress.add_task(self.name, total=total)
 
     def advance(self, done: int) -> None:
-        if self.progress is not None:
+        if self.progress is not None and self.task is not None:
             self.progress.advance(self.task, done)
 
     def __exit__(self, *exc: object) -> None:

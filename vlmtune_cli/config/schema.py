@@ -233,14 +233,16 @@ class Recipe(StrictModel):
     """Name of the run: outputs go to `<runs_dir>/<variant>/`."""
     description: str = ""
     """One line that says what this recipe is for."""
+    # pyright takes pydantic's positional `Field(8, ge=1)` for a field without a default (dataclass_transform knows
+    # only `default=`), so it sees required arguments in these calls; every field has a default.
     model: ModelSection = ModelSection()
-    data: DataSection = DataSection()
+    data: DataSection = DataSection()  # pyright: ignore[reportCallIssue]
     tuning: TuningSection = TuningSection()
-    lora: LoraSection = LoraSection()
-    training: TrainingSection = TrainingSection()
-    chain: ChainSection = ChainSection()
-    slurm: SlurmSection = SlurmSection()
-    benchmark: BenchmarkSection = BenchmarkSection()
+    lora: LoraSection = LoraSection()  # pyright: ignore[reportCallIssue]
+    training: TrainingSection = TrainingSection()  # pyright: ignore[reportCallIssue]
+    chain: ChainSection = ChainSection()  # pyright: ignore[reportCallIssue]
+    slurm: SlurmSection = SlurmSection()  # pyright: ignore[reportCallIssue]
+    benchmark: BenchmarkSection = BenchmarkSection()  # pyright: ignore[reportCallIssue]
 
     @field_validator("variant")
     @classmethod

@@ -68,7 +68,8 @@ def prepare(sample: dict[str, Any], box_format: str, bad_boxes: str, resized: Ca
                 )
             if size is None:
                 raise UsageError(f'{where}: a {{"type": "boxes"}} answer needs an image to measure the boxes in')
-            text = format_boxes(box_format, [tuple(b) for b in boxes], labels, size, resized(size))
+            corners = [(b[0], b[1], b[2], b[3]) for b in boxes]
+            text = format_boxes(box_format, corners, labels or [], size, resized(size))
             message["content"][k] = {"type": "text", "text": text}
             sample["rendered"] = True
     return sample

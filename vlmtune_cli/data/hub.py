@@ -17,7 +17,7 @@ _TRUE = {"1", "true", "yes", "on"}
 
 
 def _offline() -> bool:
-    import datasets
+    import datasets.config
 
     flags = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
     return datasets.config.HF_HUB_OFFLINE or any(os.environ.get(f, "").lower() in _TRUE for f in flags)
@@ -44,11 +44,11 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def load_hub(data: DataSection) -> Any:
-    import datasets
+    import datasets.config
     from huggingface_hub import constants
 
     offline = _offline() or not _hub_reachable()
-    kwargs = {"name": data.options.get("hub_config"), "revision": data.options.get("hub_revision")}
+    kwargs: dict[str, Any] = {"name": data.options.get("hub_config"), "revision": data.options.get("hub_revision")}
     saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
     if offline:
         # Offline mode makes datasets answer from its cache at once instead of retrying for half a minute.

@@ -145,7 +145,7 @@ def lazy_splits(data: DataSection, *, box_format: str, processor=None) -> dict[s
     if data.train_split == data.test_split:
         raise UsageError(f"data.train_split and data.test_split are both {data.train_split!r}; name two")
     source = data.source
-    named = None
+    named, rows = None, None
     kind = source_kind(source)
     if kind == "builtin":
         builtin = source.removeprefix("builtin:")
@@ -162,6 +162,7 @@ def lazy_splits(data: DataSection, *, box_format: str, processor=None) -> dict[s
     if named is not None:
         splits = {split: _subset(rows_, data, salt=split) for split, rows_ in named.items()}
     else:
+        assert rows is not None, "every source without named splits gives rows"
         order = _subset(rows, data, salt="")
         n_train = min(len(order), max(1, round(len(order) * data.split_ratio)))
         if data.split_ratio < 1.0 and len(order) > 1:
@@ -209,7 +210,10 @@ def _open_image(value: Any, base: Path | None, where: str) -> Image.Image:
         label, opener = str(full), lambda: full
     try:
         # Upright (EXIF orientation applied) and decoded now, so a corrupt file fails here with the sample's name.
-        return upright(value) if opener is None else open_image(opener())
+        if opener is None:
+            assert isinstance(value, Image.Image)  # only the first branch above leaves no opener
+            return upright(value)
+        return open_image(opener())
     except FileNotFoundError:
         raise UsageError(f"{where}: image {label} does not exist") from None
     except UnidentifiedImageError:
@@ -258,6 +262,7 @@ def to_sample(row: Any, sample_id: str, where: str, base: Path | None = None) ->
                     )
                 parts.append({"type": BOXES_PART})
             elif kind == "image":
+                assert isinstance(part, dict)  # only a dict part has the kind "image"
                 placeholders += 1
                 if part.get("image") is not None or part.get("path") is not None:
                     inline.append(part.get("image") if part.get("image") is not None else part["path"])
@@ -343,7 +348,7 @@ def _load_folder(path: Path, data: DataSection) -> Any:
     import pyarrow as pa
     from datasets.table import InMemoryTable
 
-    loaded = {
+    loaded: dict[str | datasets.NamedSplit, datasets.Dataset] = {
         s: datasets.Dataset(InMemoryTable(pa.concat_tables(t, promote_options="default"))) for s, t in tables.items()
     }
     return datasets.DatasetDict(loaded) if len(loaded) > 1 else loaded.popitem()[1]
@@ -372,6 +377,7 @@ def _plugin_splits(data: DataSection, processor: Any) -> dict[str, Rows]:
     path, func_name = plugin_file(data.source)
     file = data.source.rsplit(":", 1)[0]
     spec = importlib.util.spec_from_file_location(f"vlmtune_plugin_{path.stem}", path)
+    assert spec is not None and spec.loader is not None, "a .py file always gets a source loader"
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
     sys.path.insert(0, str(path.parent))  # so the plugin can import its sibling modules

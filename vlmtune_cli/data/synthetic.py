@@ -19,12 +19,15 @@ from __future__ import annotations
 import math
 import random
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw, ImageFont
 
 from vlmtune_cli.errors import UsageError
 from vlmtune_cli.models.boxes import GRID, format_boxes, processor_resized_size
+
+if TYPE_CHECKING:
+    from vlmtune_cli.config.schema import DataSection
 
 KINDS = ("synthetic-detection", "synthetic-vqa")
 # Part of the tokenised-data cache fingerprint: bump whenever a built-in set draws or words its samples differently.
@@ -163,7 +166,7 @@ def _conversation(prompt: str, answer: str) -> list[dict[str, Any]]:
     ]
 
 
-def make_sample(kind: str, index: int, data, box_format: str, processor=None) -> dict[str, Any]:
+def make_sample(kind: str, index: int, data: DataSection, box_format: str, processor=None) -> dict[str, Any]:
     """Sample `index` of the built-in set `kind` (`synthetic-detection` or `synthetic-vqa`)."""
     image, scene = draw_scene(data.seed, index, data.options)
     rng = scene["rng"]

@@ -27,7 +27,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmtune_cli import __version__
 from vlmtune_cli.config.schema import DataSection, Recipe
@@ -38,6 +38,11 @@ from vlmtune_cli.encode.inputs import probe_layout, processor_outputs
 from vlmtune_cli.encode.labels import LabelSpec, answer_tokens, build_labels, count_trained
 from vlmtune_cli.encode.stats import LOSS_MODES, SplitReport
 from vlmtune_cli.errors import UsageError, VlmtuneError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from vlmtune_cli.models.families import Family
 
 SHARD_ROWS = 1024
 SAMPLES_PER_WORKER = 400  # below this a worker process costs more than it saves (benchmarks/README.md)
@@ -52,7 +57,7 @@ def tokenize_recipe(
     force: bool = False,
     workers: int = 0,
     processor: Any = None,
-    family: Any = None,
+    family: Family | None = None,
     progress: bool = True,
     ids_without_pixels: bool = True,
 ) -> TokenizeResult:
@@ -117,7 +122,7 @@ class _Job:
     box_format: str = "plain"
     answer_check: str = "off"
     counter: Any = None
-    on_sample: Any = None
+    on_sample: Callable[[], None] | None = None
 
 
 _JOB: _Job | None = None
@@ -127,7 +132,7 @@ def _build(
     recipe: Recipe,
     fp: cache.Fingerprint,
     processor: Any,
-    family: Any,
+    family: Family,
     staging: Path,
     workers: int,
     progress: bool,
@@ -224,6 +229,7 @@ def _auto_workers(total: int) -> int:
 
 
 def _run(tasks: list[tuple], total: int, workers: int, progress: bool) -> list[tuple]:
+    assert _JOB is not None, "_build sets the job before it runs shards"
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
     from vlmtune_cli.console import err_console
@@ -261,6 +267,7 @@ def _run_shard(task: tuple) -> tuple[str, str, int, SplitReport]:
     """Encode samples [start, end) of a split into one shard file; returns (split, file, rows, report)."""
     name, number, start, end = task
     job = _JOB
+    assert job is not None, "_build sets the job before it runs shards"
     # Shards sit under the split's role, not its name: a split name need not be a valid directory name.
     file = f"{'train' if name == job.data.train_split else 'test'}/{number:05d}.arrow"
     (job.staging / file).parent.mkdir(parents=True, exist_ok=True)

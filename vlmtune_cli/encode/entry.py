@@ -114,7 +114,8 @@ def open_splits(result: TokenizeResult, processor: Any, *, pixels: PixelMode = "
         parts = [datasets.Dataset.from_file(str(result.path / shard["file"])) for shard in shards]
         dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
         # Token counts for `training.group_by_length` (transformers reads the `length` column), from the ids alone.
-        lengths = pc.list_value_length(dataset.data.column("input_ids")).to_numpy()
+        # (pyarrow.compute generates its functions at import, so pyright cannot see list_value_length.)
+        lengths = pc.list_value_length(dataset.data.column("input_ids")).to_numpy()  # pyright: ignore[reportAttributeAccessIssue]
         dataset = dataset.add_column("length", lengths)
         opened.append(
             dataset.with_transform(

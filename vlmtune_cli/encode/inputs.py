@@ -109,7 +109,7 @@ def _resize_settings(image_processor: Any) -> dict[str, Any]:
     low, high = (lookup("shortest_edge"), lookup("longest_edge")) if size is not None else (None, None)
     known = all(isinstance(v, int) for v in (patch, merge, low, high))
     return {
-        "factor": patch * merge if known else None,
+        "factor": patch * merge if known else None,  # pyright: ignore[reportOptionalOperand] known: both are ints
         "patch": patch,
         "merge": merge or 1,
         "min_pixels": low,
@@ -148,7 +148,8 @@ def processor_outputs(
     if not layout["expand"]:
         outputs = processor(text=[text], images=stored or None, return_tensors="np", add_special_tokens=False)
         return {k: v for k, v in outputs.items() if k != "pixel_values"}, stored
-    sizes = [size for _, size in resized]
+    sizes = [size for _, size in resized if size is not None]
+    assert len(sizes) == len(resized), "layout['expand'] is only set with a known resize factor, so every size is"
     for image in images:
         if max(image.size) / min(image.size) > _MAX_ASPECT:
             raise ValueError(

@@ -19,7 +19,10 @@ image's tokens crashes the model ("image features and image tokens do not match"
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from vlmtune_cli.models.families import Family
 
 from vlmtune_cli.errors import VlmtuneError
 
@@ -40,7 +43,7 @@ class LabelSpec:
     """The end-of-turn token as text (`<|im_end|>`)."""
 
     @classmethod
-    def for_family(cls, tokenizer: Any, family: Any) -> LabelSpec:
+    def for_family(cls, tokenizer: Any, family: Family) -> LabelSpec:
         header = tuple(tokenizer.encode(family.assistant_header, add_special_tokens=False))
         end = tokenizer.convert_tokens_to_ids(family.end_of_turn)
         images = frozenset(tokenizer.convert_tokens_to_ids(t) for t in family.image_tokens)

@@ -26,13 +26,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmtune_cli import __version__
 from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.errors import UsageError, VlmtuneError
 from vlmtune_cli.models.weights import check_family, load_model, load_processor_and_family  # noqa: F401
 from vlmtune_cli.runs import Target, base_target, checkpoint_name, latest_run, run_target, write_atomic  # noqa: F401
+
+if TYPE_CHECKING:
+    from vlmtune_cli.models.families import Family
 
 EXAMPLES_KEPT = 4
 
@@ -70,7 +73,7 @@ def check_split(recipe: Recipe, split: str) -> None:
         )
 
 
-def load_samples(recipe: Recipe, split: str, family: Any, processor: Any, limit: int | None) -> list[dict]:
+def load_samples(recipe: Recipe, split: str, family: Family, processor: Any, limit: int | None) -> list[dict]:
     """The split as training saw it (same data settings and box format), cut to `limit`. Raises UsageError."""
     from vlmtune_cli.data.sources import load_splits
 

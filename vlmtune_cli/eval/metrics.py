@@ -207,9 +207,11 @@ def coco_map(preds: Sequence[Sequence[Box]], truths: Sequence[Sequence[Box]]) ->
     # pycocotools prints progress to stdout, which carries our results: keep it quiet.
     with contextlib.redirect_stdout(io.StringIO()):
         truth = COCO()
-        truth.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "object"}]}
+        # The pycocotools stubs ask for a category's supercategory (COCOeval never reads it) and type loadRes's
+        # argument as a file name, though it takes a list of detections as well.
+        truth.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "object"}]}  # pyright: ignore[reportAttributeAccessIssue]
         truth.createIndex()
-        evaluation = COCOeval(truth, truth.loadRes(detections), iouType="bbox")
+        evaluation = COCOeval(truth, truth.loadRes(detections), iouType="bbox")  # pyright: ignore[reportArgumentType]
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()

@@ -17,10 +17,13 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmtune_cli.eval.metrics import DETECTION_METRICS, LOWER_IS_BETTER, VQA_METRICS
-from vlmtune_cli.runs import write_atomic
+from vlmtune_cli.runs import Target, write_atomic
+
+if TYPE_CHECKING:
+    from vlmtune_cli.eval.benchmark import BenchmarkResult
 
 REPORT_DIR = "benchmark-report"
 HEADERS = {
@@ -39,13 +42,13 @@ HEADERS = {
 PRED_COLOUR, TRUE_COLOUR = (220, 20, 20), (20, 170, 40)
 
 
-def columns(results: Sequence[Any]) -> list[str]:
+def columns(results: Sequence[BenchmarkResult]) -> list[str]:
     """Metric keys to show: the tasks' metrics that at least one result has a value for."""
     keys = [k for k in (*DETECTION_METRICS, *VQA_METRICS) if any(r.metrics.get(k) is not None for r in results)]
     return ["samples", *keys]
 
 
-def best_values(results: Sequence[Any], keys: Sequence[str]) -> dict[str, float]:
+def best_values(results: Sequence[BenchmarkResult], keys: Sequence[str]) -> dict[str, float]:
     """The best value of each metric column that tells the results apart (none for a single result)."""
     if len(results) < 2:
         return {}
@@ -65,11 +68,11 @@ def _cell(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _is_best(result: Any, key: str, best: dict[str, float]) -> bool:
+def _is_best(result: BenchmarkResult, key: str, best: dict[str, float]) -> bool:
     return key in best and result.metrics.get(key) is not None and math.isclose(result.metrics[key], best[key])
 
 
-def table(results: Sequence[Any]) -> Any:
+def table(results: Sequence[BenchmarkResult]) -> Any:
     """A rich Table: one row per result, best values in bold green with a `*`."""
     from rich import box
     from rich.table import Table
@@ -107,7 +110,7 @@ def table(results: Sequence[Any]) -> Any:
     return view
 
 
-def markdown_table(results: Sequence[Any]) -> str:
+def markdown_table(results: Sequence[BenchmarkResult]) -> str:
     """The same table in Markdown, best values in bold."""
     keys = columns(results)
     best = best_values(results, keys)
@@ -124,7 +127,7 @@ def markdown_table(results: Sequence[Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def as_json(results: Sequence[Any], report: Path | None) -> str:
+def as_json(results: Sequence[BenchmarkResult], report: Path | None) -> str:
     """One JSON object for scripts: every run's metrics.json content, the best values, the report's path."""
     best = best_values(results, columns(results))
     return json.dumps(
@@ -135,7 +138,7 @@ def as_json(results: Sequence[Any], report: Path | None) -> str:
 # --- report.md -------------------------------------------------------------------------------------------
 
 
-def write_report(results: Sequence[Any], directory: Path) -> Path:
+def write_report(results: Sequence[BenchmarkResult], directory: Path) -> Path:
     """Write report.md and its pictures into `directory` (replacing an older report); return its path."""
     directory.mkdir(parents=True, exist_ok=True)
     for old in directory.glob("*.png"):
@@ -175,7 +178,7 @@ def write_report(results: Sequence[Any], directory: Path) -> Path:
     return path
 
 
-def _loss_history(target: Any) -> list[tuple[float, float, str]]:
+def _loss_history(target: Target) -> list[tuple[float, float, str]]:
     """(step, loss, "train" | "eval") from the run's summary.json; empty for the base model or no summary."""
     if target.checkpoint == "base":
         return []

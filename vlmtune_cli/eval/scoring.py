@@ -13,7 +13,7 @@ in metrics.py.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from vlmtune_cli.config.schema import DataSection
 from vlmtune_cli.errors import UsageError
@@ -109,7 +109,7 @@ def _truth_boxes(
         labels = target.get("labels") or [""] * len(boxes)
         if any(len(box) != 4 for box in boxes):
             raise UsageError(f"sample {sample['id']}: target boxes must be lists of 4 numbers: x1, y1, x2, y2")
-        return boxes, list(labels)
+        return cast("list[Box]", boxes), list(labels)  # four numbers each, checked just above
     answer = target.get("answer")
     if not isinstance(answer, str):
         raise UsageError(

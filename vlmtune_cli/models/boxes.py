@@ -101,6 +101,7 @@ def processor_resized_size(
     min_pixels = min_pixels or lookup("shortest_edge") or getattr(ip, "min_pixels", None) or 56 * 56
     max_pixels = max_pixels or lookup("longest_edge") or getattr(ip, "max_pixels", None) or 28 * 28 * 1280
     factor = (getattr(ip, "patch_size", None) or 14) * (getattr(ip, "merge_size", None) or 2)
+    assert min_pixels is not None and max_pixels is not None  # each falls back to a number above
     return smart_resize(image_size[0], image_size[1], factor, min_pixels, max_pixels)
 
 

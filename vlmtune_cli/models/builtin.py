@@ -297,13 +297,19 @@ def _build_mllama_config(tokenizer):
             "pad_token_id": ids("<|finetune_right_pad_id|>"),
         },
         image_token_index=ids("<|image|>"),
-        tie_word_embeddings=False,
+        tie_word_embeddings=False,  # pyright: ignore[reportCallIssue] MllamaConfig takes it through **kwargs
     )
 
 
 def _write_tiny_mllama(directory: Path, seed: int) -> None:
     import torch
-    from transformers import GenerationConfig, MllamaForConditionalGeneration, MllamaProcessor
+    from transformers import (
+        GenerationConfig,
+        MllamaForConditionalGeneration,
+        MllamaProcessor,
+        MllamaTextConfig,
+        MllamaVisionConfig,
+    )
     from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
 
     tokenizer = _build_tokenizer(
@@ -323,6 +329,8 @@ def _write_tiny_mllama(directory: Path, seed: int) -> None:
             if name.endswith("gate") and not param.any():
                 param.fill_(0.5)
     text = config.text_config
+    # MllamaConfig's __post_init__ builds both sub-configs from the dicts given above.
+    assert isinstance(text, MllamaTextConfig) and isinstance(config.vision_config, MllamaVisionConfig)
     model.generation_config = GenerationConfig(
         bos_token_id=text.bos_token_id,
         eos_token_id=[text.eos_token_id, tokenizer.convert_tokens_to_ids("<|end_of_text|>")],

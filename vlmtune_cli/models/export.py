@@ -128,6 +128,7 @@ def default_out(target: Target, merge: bool) -> Path:
 
 
 def _kind(target: Target, merge: bool) -> str:
+    assert target.weights is not None, "only a run's weights are exported, never a base model"
     if not (target.weights / "adapter_config.json").is_file():
         return "full"
     return "merged" if merge else "adapter"
@@ -137,6 +138,7 @@ def check_out(out: Path, force: bool, target: Target | None = None) -> None:
     """Refuse an `out` that is a file, a non-empty folder without `force`, or holds or lies inside the run's
     weights (replacing it would delete what is exported). Raises UsageError."""
     if target is not None:
+        assert target.weights is not None, "only a run's weights are exported, never a base model"
         where = out.resolve()
         run, weights = target.run_dir.resolve(), target.weights.resolve()
         if (
@@ -169,6 +171,7 @@ def export(target: Target, cache_dir: Path, out: Path, *, merge: bool, force: bo
     out = Path(out)
     check_out(out, force, target)
     kind = _kind(target, merge)
+    assert target.weights is not None  # _kind checked it
     recipe = target.recipe
     processor, family = load_processor_and_family(target, cache_dir)
     base = loading.resolve_model_path(recipe.model.name, cache_dir)
@@ -217,6 +220,7 @@ def _save_merged(target: Target, cache_dir: Path, staging: Path) -> None:
     """Base model + adapter, merged, saved as a plain model in the base model's dtype (or the recipe's)."""
     from vlmtune_cli.models import loading
 
+    assert target.weights is not None, "only a run's weights are exported, never a base model"
     section = target.recipe.model
     # Merging into quantised weights would round the adapter away: merge into full-precision weights instead.
     section = section.model_copy(update={"quantization": "none"})
@@ -227,9 +231,9 @@ def _save_merged(target: Target, cache_dir: Path, staging: Path) -> None:
     )
     model = loading.load_trained_model(section, target.weights, cache_dir, dtype=dtype)
     if hasattr(model, "merge_and_unload"):  # load_trained_model merges already; never save a PEFT wrapper
-        model = model.merge_and_unload()
+        model = model.merge_and_unload()  # pyright: ignore[reportCallIssue] nn.Module's __getattr__ says Tensor
     try:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging)  # pyright: ignore[reportArgumentType] a PathLike works as well as a str
     except (RuntimeError, ValueError) as exc:
         raise VlmtuneError(f"cannot save the merged model: {exc}") from exc
 

@@ -121,6 +121,7 @@ def _apply_pixel_bounds(processor, data: DataSection) -> None:
             f"this model's is {type(image_processor).__name__}",
             hint="remove data.min_pixels and data.max_pixels from the recipe",
         )
+    assert image_processor is not None  # else its size would be None, refused above
     # Qwen's processors keep the pixel bounds as size.shortest_edge/longest_edge (area, not edge length).
     bounds = {k: v for k, v in dict(size).items() if v is not None}  # SizeDict iterates as (key, value)
     if data.min_pixels is not None:

@@ -76,5 +76,5 @@ def load_model(target: Target, cache_dir: Path) -> Any:
     else:
         model = loading.load_trained_model(recipe.model, target.weights, cache_dir)
     if torch.cuda.is_available() and recipe.model.quantization == "none":
-        model = model.to("cuda")
+        model = model.to("cuda")  # pyright: ignore[reportArgumentType] transformers types `to` as generate's
     return model.eval()

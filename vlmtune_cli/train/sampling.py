@@ -25,6 +25,7 @@ def epoch_seeded_length_sampler(batch_size: int, lengths: list[int], seed: int) 
             self.epoch = epoch
 
         def __iter__(self) -> Any:
+            assert self.generator is not None  # always given one below
             self.generator.manual_seed(seed + self.epoch)
             return super().__iter__()
 

@@ -55,7 +55,8 @@ class VlmtuneTrainer(SFTTrainer):
         if name not in inputs or not hasattr(model, "num_parameters"):
             return 0
         if self._flop_parameters is None:
-            self._flop_parameters = model.num_parameters(exclude_embeddings=True)
+            # hasattr above rules out None; nn.Module's __getattr__ makes pyright see a Tensor here.
+            self._flop_parameters = model.num_parameters(exclude_embeddings=True)  # pyright: ignore[reportCallIssue, reportOptionalMemberAccess]
         return 6 * inputs[name].numel() * self._flop_parameters
 
     def _clip_grad_norm(self, model: Any) -> Any:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.config.settings import Settings
@@ -25,6 +25,10 @@ from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import UsageError, VlmtuneError
 from vlmtune_cli.fsutil import exclusive_lock, is_rank_zero, replace_dir
 from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for, write_atomic, write_env
+
+if TYPE_CHECKING:
+    from vlmtune_cli.models.families import Family
+    from vlmtune_cli.train.sft_trainer import VlmtuneTrainer
 
 
 @dataclass
@@ -237,7 +241,7 @@ def _checkpoint_to_resume(run: RunDir, require_resume: bool) -> Path | None:
     return checkpoint
 
 
-def _encoded_splits(recipe: Recipe, processor: Any, family: Any, cache_dir: Path) -> tuple[Any, Any]:
+def _encoded_splits(recipe: Recipe, processor: Any, family: Family, cache_dir: Path) -> tuple[Any, Any]:
     """(train, test or None) as datasets for TRL, read from the tokenised-data cache; built first on a miss.
 
     Raises UsageError when no training sample survives (see tokenized.py).
@@ -289,7 +293,7 @@ def build_trainer(
     *,
     stop_at_epoch: int | None = None,
     per_step_walks: bool = False,
-) -> Any:
+) -> VlmtuneTrainer:
     """vlmtune's trainer (`VlmtuneTrainer`) for an already tuned `model`, writing into `run`."""
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
@@ -331,11 +335,12 @@ def _disk_is_full(run: RunDir) -> bool:
     return free < max(needed, 1 << 20)
 
 
-def _save_final(trainer: Any, processor: Any, run: RunDir) -> Path:
+def _save_final(trainer: VlmtuneTrainer, processor: Any, run: RunDir) -> Path:
     """Save the adapter (or model) and processor; a kill mid-save leaves no `final/` that looks complete."""
     staging = run.path / "final.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    trainer.model.save_pretrained(staging)
+    # Trainer types its model as an optional nn.Module, whose __getattr__ pyright reads as a Tensor.
+    trainer.model.save_pretrained(staging)  # pyright: ignore[reportCallIssue, reportOptionalMemberAccess]
     processor.save_pretrained(staging)
     mark_complete(staging, {"global_step": trainer.state.global_step})
     replace_dir(staging, run.final)
