@@ -44,16 +44,21 @@ def tokenize(
     settings = load_settings()
     resolved = load_recipe(resolve_recipe_path(recipe, settings), overrides or [])
     from vlmtune_cli.encode.build import read_rows, tokenize_recipe
+    from vlmtune_cli.encode.packing import tokenize_report
     from vlmtune_cli.encode.stats import sample_segments
 
     result = tokenize_recipe(resolved, settings.cache_dir, force=force, workers=workers)
+    packing = tokenize_report(resolved, result)
     samples = []
     if show:
         samples = sample_segments(read_rows(result, show), result.model_path, result.manifest["image_token_id"])
     if json_output:
-        typer.echo(json.dumps(_payload(result, samples)))
+        payload = _payload(result, samples)
+        payload["packing"] = packing if isinstance(packing, str) else packing.as_dict()
+        typer.echo(json.dumps(payload))
         return
     _print(result, samples)
+    console.print(packing if isinstance(packing, str) else packing.describe(), highlight=False)
 
 
 def _payload(result: Any, samples: list[dict[str, Any]]) -> dict[str, Any]:
