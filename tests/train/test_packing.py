@@ -1,6 +1,7 @@
 """`training.packing` on the real tiny models: a packed row gives each sample the logits it gets alone (every family
 that packs), a packed batch the loss and gradients of the same samples padded, a packed run resumed from a
-checkpoint the weights of the uninterrupted one bit for bit, and Mllama refuses before anything loads."""
+checkpoint (and a 2-link chain) the weights of the uninterrupted one bit for bit, and Mllama refuses before
+anything loads."""
 
 from __future__ import annotations
 
@@ -157,12 +158,13 @@ PACKED = [
     "training.save_steps=3",
     "training.save_total_limit=20",
     "training.eval_steps=100",
+    "chain.epochs_per_job=1",
     "training.logging_steps=1",
 ]
 
 
 @pytest.mark.slow
-def test_packed_run_resumed_mid_epoch_equals_the_uninterrupted_run(workspace: Path) -> None:
+def test_packed_run_resumed_mid_epoch_and_chained_equals_the_uninterrupted_run(workspace: Path) -> None:
     def train(env: dict[str, str] | None = None) -> Any:
         result = runner.invoke(
             app, ["train", str(RECIPES / "smoke.toml"), *sum((["--set", s] for s in PACKED), [])], env=env
@@ -183,5 +185,15 @@ def test_packed_run_resumed_mid_epoch_equals_the_uninterrupted_run(workspace: Pa
     assert "checkpoint-6 (step 6" in resumed.stderr and "step 7 · loss" in resumed.stderr
     assert "step 6 · loss" not in resumed.stderr
     assert_bitwise_equal(tensors(copy / "final" / "adapter_model.safetensors"), reference)
+    # The same two epochs as a chain of two one-epoch links (`chain run`, no SLURM): the rows and their order carry
+    # over from link to link.
+    chain = runner.invoke(
+        app,
+        ["chain", "run", str(RECIPES / "smoke.toml"), "--jobs", "2", *sum((["--set", s] for s in PACKED), [])],
+        env={"VLMTUNE_RUNS_DIR": str(workspace / "chain")},
+    )
+    assert chain.exit_code == 0, chain.output
+    assert "resuming from" in chain.stderr and "step 10 · loss" in chain.stderr
+    assert_bitwise_equal(tensors(workspace / "chain" / "smoke" / "final" / "adapter_model.safetensors"), reference)
     logged = [e for e in summary["log_history"] if "loss" in e]
     assert logged[0]["num_tokens"] > 2 * 100  # real tokens of two rows, not TRL's count of rows

@@ -1,8 +1,9 @@
 """vlmtune tokenize [RECIPE] [--set KEY=VALUE ...] [--show N] [--force] [--json] [--workers N]
 
 Tokenise a recipe's dataset into the cache (chat template, processor, labels for `loss_on`) and print its token
-statistics. Run again with the same inputs, it is a cache hit that loads no model library; `vlmtune train` reads
-the same cache (and builds it first when it is missing).
+statistics and what `training.packing` would give (rows, fill rate, tokens per row). Run again with the same
+inputs, it is a cache hit that loads no model library; `vlmtune train` reads the same cache (and builds it first
+when it is missing).
 
     vlmtune tokenize recipes/v2.toml --show 2      # statistics, and 2 samples with their trained tokens marked
     vlmtune tokenize recipes/smoke.toml --json     # one JSON object for scripts
