@@ -44,7 +44,9 @@ def test_rows_hold_every_sample_once_within_the_length_and_depend_on_the_seed_on
     assert plan_rows(lengths, length, seed=8, window=128) != rows
     report = PackingReport.of(lengths, rows, length, derived=True)
     assert report.rows == len(rows) and report.tokens == sum(lengths)
-    assert report.fill_rate > 0.97, report.describe()
+    assert report.fill_rate > 0.9, report.describe()  # rows of the longest sample: long ones only pair with short
+    longer = PackingReport.of(lengths, plan_rows(lengths, 2 * length, seed=7, window=128), 2 * length, derived=False)
+    assert longer.fill_rate > 0.97, longer.describe()
     # Windows: a sample only ever shares a row with samples of its own window of the shuffled order.
     import numpy as np
 
@@ -58,11 +60,9 @@ def test_a_sample_longer_than_a_row_is_refused_not_split() -> None:
         plan_rows([10, 30, 5], 20, seed=0)
 
 
-def test_default_packing_length_is_twice_p95_within_the_longest_and_max_length() -> None:
-    lengths = list(range(1, 101))  # p95 = 95, longest 100
-    assert default_packing_length(lengths, max_length=4096) == 190
-    assert default_packing_length(lengths, max_length=150) == 150
-    assert default_packing_length([10] * 99 + [500], max_length=4096) == 500  # the longest sample must fit
+def test_default_packing_length_is_the_longest_sample() -> None:
+    assert default_packing_length(list(range(1, 101)), max_length=4096) == 100
+    assert default_packing_length([10] * 99 + [500], max_length=4096) == 500
 
 
 def test_row_order_is_a_function_of_seed_and_epoch() -> None:

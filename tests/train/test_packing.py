@@ -152,6 +152,7 @@ PACKED = [
     "data.num_samples=24",
     "data.max_samples=24",
     "training.packing=true",
+    "training.packing_length=276",  # about two smoke samples per row (the default, the longest sample, holds one)
     "training.batch_size=2",
     "training.grad_accum=1",
     "training.epochs=2",

@@ -170,8 +170,9 @@ class TrainingSection(StrictModel):
     sees the same rows. On sdpa, attention still runs over whole rows; flash-attention skips the masked blocks."""
     packing_length: int | None = Field(None, ge=16)
     """Tokens per packed row; never above `data.max_length`, and at least the longest sample (a sample is never
-    split). Unset: twice the 95th-percentile sample length, at least the longest sample, at most `data.max_length`
-    (`vlmtune tokenize` shows the rows it gives)."""
+    split). Unset: the longest training sample, the fastest on sdpa and no more memory per row than that sample
+    alone; longer rows fill a little better, which only flash-attention turns into speed (`vlmtune tokenize` shows
+    the rows a length gives)."""
     extra: dict[str, Any] = {}
     """Further `SFTConfig`/`TrainingArguments` keys passed through unchanged (upstream names)."""
 

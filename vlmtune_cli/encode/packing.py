@@ -20,7 +20,6 @@ Imports numpy and torch inside functions only.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,8 +38,6 @@ if TYPE_CHECKING:
 WINDOW = 1000
 """Samples per first-fit-decreasing window: large enough for a fill rate near 1, small enough that a window's rows
 hold samples from all over the data (FFD puts the longest samples in the first rows of a window)."""
-P95_MULTIPLE = 2
-"""The default `packing_length` is this many times the 95th-percentile sample length (benchmarks/RESULTS.md)."""
 ROW_COLUMN = "packed_samples"
 """The column of a packed training set: the cache indices of each row's samples."""
 REAL_TOKENS = "packed_real_tokens"
@@ -52,10 +49,15 @@ RopeIndex = Callable[..., tuple["torch.Tensor", "torch.Tensor"]]
 
 
 def default_packing_length(lengths: Sequence[int], max_length: int) -> int:
-    """`P95_MULTIPLE` × the 95th-percentile length, at least the longest sample, at most `max_length`."""
-    ordered = sorted(lengths)
-    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-    return min(max_length, max(ordered[-1], P95_MULTIPLE * p95))
+    """The longest sample (at most `max_length`): the shortest row every sample fits in.
+
+    Why not longer: on sdpa attention runs over whole rows, so its cost per token grows with the row length (the
+    tiny model trained 1.66× the padded tokens per CPU second at the longest sample, 1.38× at twice the p95 length,
+    0.98× at four times); with flash-attention's varlen kernel longer rows only fill a little better (FLOP count:
+    1.60× → 1.67× of padded for Qwen2-VL-2B, benchmarks/RESULTS.md). And a row then never needs more memory than the
+    longest sample alone, so a `batch_size` that fits unpacked fits packed.
+    """
+    return min(max_length, max(lengths))
 
 
 def plan_rows(lengths: Sequence[int], packing_length: int, seed: int, window: int = WINDOW) -> list[list[int]]:
@@ -118,7 +120,7 @@ class PackingReport:
         )
 
     def describe(self) -> str:
-        how = " (derived: 2 × p95 length, ≥ longest, ≤ data.max_length)" if self.derived else ""
+        how = " (derived: the longest sample)" if self.derived else ""
         spread = self.tokens_per_row
         return (
             f"packing at {self.packing_length:,} tokens per row{how}: {self.samples:,} samples → {self.rows:,} rows, "
