@@ -12,8 +12,8 @@ token before it predict it; that token is the previous sample's last); `pixel_va
 the samples in order; `position_ids` is [4, B, L]: a text row 0..n-1 per sample in front of the three mRoPE rows
 of the model's own `get_rope_index`, given as a function (`rope_index`) so this wing never imports the model's.
 No `attention_mask`: transformers then reads the sample boundaries from the text row and builds a block-diagonal
-mask (sdpa: a dense masked matrix; flash-attention: varlen). The model must run with `use_cache=False`, which TRL's
-compute_loss sets; with a cache, transformers skips the boundaries silently.
+mask (sdpa: a dense masked matrix; flash-attention: varlen). The model must run with `use_cache=False` (VlmtuneTrainer's
+compute_loss sets it for packed batches); with a cache, transformers skips the boundaries silently.
 
 Imports numpy and torch inside functions only.
 """
@@ -52,10 +52,10 @@ def default_packing_length(lengths: Sequence[int], max_length: int) -> int:
     """The longest sample (at most `max_length`): the shortest row every sample fits in.
 
     Why not longer: on sdpa attention runs over whole rows, so its cost per token grows with the row length (the
-    tiny model trained 1.66× the padded tokens per CPU second at the longest sample, 1.38× at twice the p95 length,
-    0.98× at four times); with flash-attention's varlen kernel longer rows only fill a little better (FLOP count:
-    1.60× → 1.67× of padded for Qwen2-VL-2B, benchmarks/RESULTS.md). And a row then never needs more memory than the
-    longest sample alone, so a `batch_size` that fits unpacked fits packed.
+    tiny model trained 1.66-1.83× the padded tokens per CPU second at the longest sample, 1.38-1.45× at twice the p95
+    length, 0.98-1.03× at four times); with flash-attention's varlen kernel longer rows only fill a little better
+    (FLOP count: 1.60× → 1.67× of padded for Qwen2-VL-2B, benchmarks/RESULTS.md). And a row then never needs more
+    memory than the longest sample alone, so a `batch_size` that fits unpacked fits packed.
     """
     return min(max_length, max(lengths))
 
