@@ -196,5 +196,17 @@ def test_packed_run_resumed_mid_epoch_and_chained_equals_the_uninterrupted_run(w
     assert chain.exit_code == 0, chain.output
     assert "resuming from" in chain.stderr and "step 10 · loss" in chain.stderr
     assert_bitwise_equal(tensors(workspace / "chain" / "smoke" / "final" / "adapter_model.safetensors"), reference)
+    # TRL's num_tokens log counts the real tokens of the first batch: its two rows, in the sampler's epoch-0 order.
+    from vlmtune_cli.config.recipe import load_recipe
+    from vlmtune_cli.config.settings import load_settings
+    from vlmtune_cli.encode.build import tokenize_recipe
+    from vlmtune_cli.encode.packing import cached_lengths, plan_rows
+    from vlmtune_cli.train.sampling import epoch_seeded_shuffle
+
+    lengths = cached_lengths(
+        tokenize_recipe(load_recipe(RECIPES / "smoke.toml", PACKED), load_settings().cache_dir), "train"
+    )
+    rows = plan_rows(lengths, 276, seed=42)
+    first = list(epoch_seeded_shuffle(len(rows), seed=42))[:2]
     logged = [e for e in summary["log_history"] if "loss" in e]
-    assert logged[0]["num_tokens"] > 2 * 100  # real tokens of two rows, not TRL's count of rows
+    assert logged[0]["num_tokens"] == sum(lengths[i] for r in first for i in rows[r])
