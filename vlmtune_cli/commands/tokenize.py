@@ -1,8 +1,9 @@
 """vlmtune tokenize [RECIPE] [--set KEY=VALUE ...] [--show N] [--force] [--json] [--workers N]
 
 Tokenise a recipe's dataset into the cache (chat template, processor, labels for `loss_on`) and print its token
-statistics. Run again with the same inputs, it is a cache hit that loads no model library; `vlmtune train` reads
-the same cache (and builds it first when it is missing).
+statistics and what `training.packing` would give (rows, fill rate, tokens per row). Run again with the same
+inputs, it is a cache hit that loads no model library; `vlmtune train` reads the same cache (and builds it first
+when it is missing).
 
     vlmtune tokenize recipes/v2.toml --show 2      # statistics, and 2 samples with their trained tokens marked
     vlmtune tokenize recipes/smoke.toml --json     # one JSON object for scripts
@@ -45,16 +46,21 @@ def tokenize(
     settings = load_settings()
     resolved = load_recipe(resolve_recipe_path(recipe, settings), overrides or [])
     from vlmtune_cli.encode.build import read_rows, tokenize_recipe
+    from vlmtune_cli.encode.packing import tokenize_report
     from vlmtune_cli.encode.stats import sample_segments
 
     result = tokenize_recipe(resolved, settings.cache_dir, force=force, workers=workers)
+    packing = tokenize_report(resolved, result)
     samples = []
     if show:
         samples = sample_segments(read_rows(result, show), result.model_path, result.manifest["image_token_id"])
     if json_output:
-        typer.echo(json.dumps(_payload(result, samples)))
+        payload = _payload(result, samples)
+        payload["packing"] = packing if isinstance(packing, str) else packing.as_dict()
+        typer.echo(json.dumps(payload))
         return
     _print(result, samples)
+    console.print(packing if isinstance(packing, str) else packing.describe(), highlight=False)
 
 
 def _payload(result: Any, samples: list[dict[str, Any]]) -> dict[str, Any]:

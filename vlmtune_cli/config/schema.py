@@ -172,8 +172,28 @@ class TrainingSection(StrictModel):
     length-grouped sampler: shuffled, then sorted by length within mega-batches of up to 50 batches). Lengths come
     from the tokenised-data cache (no sample is loaded to find them); the order depends on the seed and the epoch
     only, so a resumed run sees the same batches."""
+    packing: bool = False
+    """Pack several samples into each row of at most `packing_length` tokens, so a batch holds no padding (Qwen-VL
+    families; Mllama refuses). Each sample keeps its own positions and images and attends only to itself; the loss
+    is the mean over the batch's trained tokens, as without packing. `batch_size` then counts rows. Rows are made
+    once per run (first-fit decreasing over shuffled windows of the seed) and shuffled per epoch, so a resumed run
+    sees the same rows. On sdpa, attention still runs over whole rows; flash-attention skips the masked blocks."""
+    packing_length: int | None = Field(None, ge=16)
+    """Tokens per packed row; never above `data.max_length`, and at least the longest sample (a sample is never
+    split). Unset: the longest training sample, the fastest on sdpa and no more memory per row than that sample
+    alone; longer rows fill a little better, which only flash-attention turns into speed (`vlmtune tokenize` shows
+    the rows a length gives)."""
     extra: dict[str, Any] = {}
     """Further `SFTConfig`/`TrainingArguments` keys passed through unchanged (upstream names)."""
+
+    @model_validator(mode="after")
+    def _packing_alone(self) -> TrainingSection:
+        if self.packing and self.group_by_length:
+            raise ValueError(
+                "packing and group_by_length exclude each other (packed rows hold no padding to group away); "
+                "set one of them to false"
+            )
+        return self
 
 
 class ChainSection(StrictModel):
@@ -250,6 +270,16 @@ class Recipe(StrictModel):
         if not _VARIANT_RE.match(value):
             raise ValueError(f"{value!r} cannot name a run directory; use letters, digits, '.', '_' and '-' only")
         return value
+
+    @model_validator(mode="after")
+    def _packing_fits(self) -> Recipe:
+        length = self.training.packing_length
+        if length is not None and length > self.data.max_length:
+            raise ValueError(
+                f"training.packing_length ({length}) is above data.max_length ({self.data.max_length}); "
+                "a row cannot be longer than the longest sample the data may hold: lower it or raise data.max_length"
+            )
+        return self
 
     @property
     def uses_lora(self) -> bool:

@@ -44,6 +44,9 @@ class Family:
     """How this family writes boxes in text; boxes.py parses and renders each format."""
     image_only_processor: str | None = None
     """`module:Class` of a processor that needs no torchvision, tried when `AutoProcessor` fails."""
+    packs: bool = False
+    """`training.packing` works: each sample's positions come from the model's own `get_rope_index`, and with
+    `position_ids` of shape [4, B, L] and no attention mask transformers builds a block-diagonal mask."""
 
     def prefixes(self, component: Component) -> tuple[str, ...]:
         return {
@@ -65,6 +68,7 @@ _QWEN2_VL = Family(
     end_of_turn="<|im_end|>",
     box_format="qwen2-vl-grid",  # <|box_start|>(x1,y1),(x2,y2)<|box_end|> on a 0-1000 grid
     image_only_processor="vlmtune_cli.models.qwen_processor:Qwen2VLImageOnlyProcessor",
+    packs=True,
 )
 
 FAMILIES: tuple[Family, ...] = (
@@ -106,6 +110,17 @@ def family_for_model_type(model_type: str) -> Family:
         f"model type {model_type!r} is not supported; supported: {', '.join(supported_model_types())}",
         hint="a new family is one entry in vlmtune_cli/families.py",
     )
+
+
+def check_packing(family: Family, packing: bool) -> None:
+    """Raises UsageError when `training.packing` is on for a family that cannot pack."""
+    if packing and not family.packs:
+        raise UsageError(
+            f"training.packing = true: the {family.name} family cannot pack samples into one row (its attention "
+            "takes no per-sample mask from position_ids; Mllama's cross-attention mask is per sample)",
+            hint="set training.packing = false, or use a family that packs: "
+            + ", ".join(f.name for f in FAMILIES if f.packs),
+        )
 
 
 def strip_wrapper_prefixes(param_name: str) -> str:

@@ -233,6 +233,19 @@ def load_family(model_section: ModelSection, cache_dir: Path) -> Family:
     return family_for_model_type(config.model_type)
 
 
+def rope_index(model):
+    """The model's own `get_rope_index` (Qwen-VL's mRoPE positions of one sample), which packing calls per sample.
+
+    Raises UsageError for a model whose family does not pack (see `families.check_packing`).
+    """
+    family = family_of(model)
+    base = _unwrap(model)
+    inner = getattr(base, "model", None)
+    if not family.packs or not hasattr(inner, "get_rope_index"):
+        raise UsageError(f"training.packing: the {family.name} family has no per-sample positions to pack with")
+    return inner.get_rope_index
+
+
 def family_of(model) -> Family:
     """The family of a loaded (possibly PEFT-wrapped) model. Raises UsageError for an unsupported one."""
     return family_for_model_type(_unwrap(model).config.model_type)

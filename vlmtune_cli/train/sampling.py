@@ -1,4 +1,5 @@
-"""Length-grouped batches (`training.group_by_length`) whose order survives a resume.
+"""Batch orders that survive a resume: length-grouped batches (`training.group_by_length`) and packed rows
+(`training.packing`), each a function of (seed, epoch) alone.
 
 Lengths come from the tokenised cache's stored column, so finding them loads no sample.
 """
@@ -38,3 +39,27 @@ def stored_lengths(args: Any, dataset: Any) -> list[int] | None:
     if args.train_sampling_strategy != "group_by_length" or name not in (getattr(dataset, "column_names", None) or ()):
         return None
     return list(dataset.with_format(None)[name])
+
+
+def epoch_seeded_shuffle(n: int, seed: int) -> Any:
+    """A random permutation of range(n) drawn from (seed, epoch) alone, for packed rows.
+
+    The trainer calls `set_epoch` before each epoch; a resumed run skips the batches the interrupted one trained on
+    and sees the same ones after them, whatever the global RNG did meanwhile.
+    """
+    import torch
+
+    class EpochSeededShuffle(torch.utils.data.Sampler[int]):
+        epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __len__(self) -> int:
+            return n
+
+        def __iter__(self) -> Any:
+            generator = torch.Generator().manual_seed(seed + self.epoch)
+            return iter(torch.randperm(n, generator=generator).tolist())
+
+    return EpochSeededShuffle()

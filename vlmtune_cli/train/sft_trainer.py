@@ -6,7 +6,9 @@ What it changes, each for a reason:
 - `training_step` stops at the first micro-batch whose loss is NaN or infinite (`NonFiniteLoss`), before the
   optimizer step, so neither the weights nor any checkpoint saved so far hold NaN; a logged loss would show it only
   `logging_steps` later, after a checkpoint may have saved poisoned weights.
-- The samplers read `training.group_by_length`'s lengths from the cache's stored column (see sampling.py).
+- The samplers read `training.group_by_length`'s lengths from the cache's stored column, and shuffle packed rows
+  (`training.packing`) by (seed, epoch) alone (see sampling.py).
+- `compute_loss` counts a packed batch's real tokens for TRL's `num_tokens` log (see encode/packing.py).
 - `per_step_walks=False` (the default) takes the module walks Trainer makes at every step once (step_overhead.py);
   the results are the same bit for bit, the step is faster. `True` keeps Trainer's own per-step walks (the
   benchmark and a test compare both).
@@ -18,7 +20,8 @@ from typing import Any
 
 from trl import SFTTrainer
 
-from vlmtune_cli.train.sampling import epoch_seeded_length_sampler, stored_lengths
+from vlmtune_cli.encode.packing import REAL_TOKENS, ROW_COLUMN
+from vlmtune_cli.train.sampling import epoch_seeded_length_sampler, epoch_seeded_shuffle, stored_lengths
 from vlmtune_cli.train.step_overhead import without_per_step_module_walks
 
 
@@ -44,6 +47,24 @@ class VlmtuneTrainer(SFTTrainer):
         if not bool(loss.detach().isfinite().all()):
             raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
         return loss
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        real = inputs.pop(REAL_TOKENS, None)
+        if real is None:
+            return super().compute_loss(model, inputs, *args, **kwargs)
+        # Written against TRL 1.16's SFTTrainer.compute_loss: without an attention mask it counts
+        # `position_ids.size(1)` tokens, which for packed [4, B, L] positions is B; count the real ones instead.
+        # use_cache=False is what makes transformers read the sample boundaries from position_ids (with a cache it
+        # silently skips them and samples attend to each other); TRL sets it too, this does not rely on it.
+        inputs["use_cache"] = False
+        result = super().compute_loss(model, inputs, *args, **kwargs)
+        if self.model.training:
+            import torch
+
+            rows = torch.tensor(inputs["position_ids"].size(1), device=real.device)
+            self._total_train_tokens += int(self.accelerator.gather_for_metrics(real - rows).sum()) // self._tp_size
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return result
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
         # Written against transformers 5.24's Trainer.floating_point_ops: the same formula (6 × tokens ×
@@ -77,9 +98,11 @@ class VlmtuneTrainer(SFTTrainer):
         # for every sample, many times; the stored column is read instead, and the order is a function of
         # (seed, epoch) so a resumed run sees the batches of the uninterrupted one.
         dataset = self.train_dataset if train_dataset is None else train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        if ROW_COLUMN in (getattr(dataset, "column_names", None) or ()):
+            return epoch_seeded_shuffle(len(dataset), seed)
         if (lengths := stored_lengths(self.args, dataset)) is None:
             return super()._get_train_sampler(train_dataset)
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return epoch_seeded_length_sampler(
             self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths, seed
         )

@@ -24,6 +24,7 @@ from vlmtune_cli.config.settings import Settings
 from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import UsageError, VlmtuneError
 from vlmtune_cli.fsutil import exclusive_lock, is_rank_zero, replace_dir
+from vlmtune_cli.models.families import check_packing
 from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for, write_atomic, write_env
 
 if TYPE_CHECKING:
@@ -76,16 +77,17 @@ def _train_locked(
     per_step_walks: bool,
 ) -> TrainResult:
     started = time.monotonic()
+    from vlmtune_cli.models import loading
+
+    family = loading.load_family(recipe.model, settings.cache_dir)  # the config alone
+    check_packing(family, recipe.training.packing)  # before the run directory, the data or the weights
     prepare_run_dir(run, recipe, overwrite=overwrite)
     write_env(run, argv)
     checkpoint = _checkpoint_to_resume(run, require_resume)
 
-    from vlmtune_cli.models import loading
-
     if recipe.model.trust_remote_code:
         err_console.print(f"[yellow]model.trust_remote_code = true: running code shipped with {recipe.model.name}[/]")
     processor = loading.load_processor(recipe.model, recipe.data, settings.cache_dir)
-    family = loading.load_family(recipe.model, settings.cache_dir)
     train_set, eval_set = _encoded_splits(recipe, processor, family, settings.cache_dir)
 
     model = loading.load_model(recipe.model, settings.cache_dir)
@@ -304,6 +306,13 @@ def build_trainer(
     from vlmtune_cli.train.sft_trainer import VlmtuneTrainer
 
     args = build_sft_config(recipe, run, has_eval=eval_set is not None)
+    collator: Any = VisionCollator(pad_id=processor.tokenizer.pad_token_id)
+    if recipe.training.packing:
+        from vlmtune_cli.encode.packing import PackedCollator, packed_train_set
+        from vlmtune_cli.models.loading import rope_index
+
+        train_set = packed_train_set(recipe, train_set)
+        collator = PackedCollator(processor.tokenizer.pad_token_id, rope_index(model))
     callbacks: list[Any] = [MarkCheckpointComplete(), StopOnRequest()]
     if "tensorboard" in recipe.training.report_to:
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.logs))))
@@ -315,7 +324,7 @@ def build_trainer(
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=processor,
-        data_collator=VisionCollator(pad_id=processor.tokenizer.pad_token_id),
+        data_collator=collator,
         callbacks=callbacks,
         per_step_walks=per_step_walks,
     )
