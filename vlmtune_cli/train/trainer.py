@@ -17,13 +17,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.config.settings import Settings
 from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import UsageError, VlmtuneError
 from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for, write_atomic, write_env
+
+if TYPE_CHECKING:
+    from vlmtune_cli.models.loading import TrainableRow
 
 
 @dataclass
@@ -251,15 +254,17 @@ def _encoded_splits(recipe: Recipe, processor: Any, family: Any, cache_dir: Path
     return open_splits(result, processor)
 
 
-def _print_trainable(table: list[tuple[str, int, int]]) -> None:
+def _print_trainable(table: list[TrainableRow]) -> None:
     from rich.table import Table
 
     view = Table(title="trainable parameters", title_justify="left")
-    for column in ("component", "trainable", "total", "%"):
-        view.add_column(column, justify="left" if column == "component" else "right")
-    for component, trainable, total in table:
-        share = 100.0 * trainable / total if total else 0.0
-        view.add_row(component, f"{trainable:,}", f"{total:,}", f"{share:.1f}")
+    for column in ("component", "trainable", "total", "%", "trains in", "frozen in"):
+        view.add_column(column, justify="right" if column in ("trainable", "total", "%") else "left")
+    for row in table:
+        share = 100.0 * row.trainable / row.total if row.total else 0.0
+        view.add_row(
+            row.component, f"{row.trainable:,}", f"{row.total:,}", f"{share:.1f}", row.trains_in, row.frozen_in
+        )
     err_console.print(view)
 
 
