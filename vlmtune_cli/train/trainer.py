@@ -23,6 +23,13 @@ from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.config.settings import Settings
 from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import UsageError, VlmtuneError
+from vlmtune_cli.models.placement import (
+    Precision,
+    auto_precision,
+    describe_precision,
+    training_load_dtype,
+    training_precision,
+)
 from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for, write_atomic, write_env
 
 if TYPE_CHECKING:
@@ -86,7 +93,11 @@ def _train_locked(
     family = loading.load_family(recipe.model, settings.cache_dir)
     train_set, eval_set = _encoded_splits(recipe, processor, family, settings.cache_dir)
 
-    model = loading.load_model(recipe.model, settings.cache_dir)
+    precision, note = _precision(recipe)
+    err_console.print(describe_precision(precision, note), highlight=False)
+    model = loading.load_model(
+        recipe.model, settings.cache_dir, dtype=training_load_dtype(recipe.model.dtype, precision)
+    )
     model = loading.apply_tuning(model, recipe.tuning, recipe.lora, seed=recipe.training.seed)
     _print_trainable(loading.trainable_table(model, family))
     if checkpoint is not None and not recipe.uses_lora:
@@ -173,9 +184,7 @@ def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool) -> Any:
     from trl import SFTConfig
 
     t = recipe.training
-    precision = t.precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    precision, _ = _precision(recipe)
     evaluate = has_eval and t.eval_steps is not None
     kwargs: dict[str, Any] = dict(
         output_dir=str(run.checkpoints),
@@ -227,6 +236,23 @@ def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool) -> Any:
         raise UsageError(f"the recipe's training settings are rejected by TRL: {exc}") from None
 
 
+def _precision(recipe: Recipe) -> tuple[Precision, str]:
+    """The precision this machine trains `recipe` in, and why (for the log line)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    capability = tuple(torch.cuda.get_device_capability()) if cuda else None
+    precision = training_precision(recipe.training.precision, recipe.model.dtype, auto_precision(cuda, capability))
+    if recipe.training.precision != "auto":
+        return precision, "training.precision"
+    if recipe.model.dtype in ("bfloat16", "float16"):
+        return precision, f"auto: follows model.dtype = {recipe.model.dtype}"
+    if capability is None:
+        return precision, "auto: no CUDA GPU"
+    native = "native bf16" if precision == "bf16" else "no native bf16, fp16 instead"
+    return precision, f"auto: GPU compute capability {capability[0]}.{capability[1]}, {native}"
+
+
 # --- steps of `train` ----------------------------------------------------------------------------
 
 
@@ -269,16 +295,54 @@ def _print_trainable(table: list[TrainableRow]) -> None:
 
 
 def _restore_full_weights(model: Any, checkpoint: Path) -> None:
-    """Load a full fine-tune's weights from a checkpoint, strictly.
+    """Copy a full fine-tune's checkpoint weights into `model`, in place, one tensor at a time, strictly.
 
-    transformers 5.23's own resume loads full-model checkpoints with `strict=False` under legacy key names and
-    silently keeps the fresh weights; loading through `from_pretrained` maps the names, and a strict load
-    proves every weight arrived.
+    transformers' own resume loads full-model checkpoints with `strict=False` under the checkpoint's legacy key
+    names and silently keeps the fresh weights. Loading a second model through `from_pretrained` would map the
+    names but costs a second full copy per rank (and casts every weight to one dtype, where trainable weights are
+    float32 beside frozen half-precision ones). Instead the safetensors shards are read tensor by tensor, each name
+    mapped as `from_pretrained` maps it (written against transformers 5.24's conversion mapping), and every
+    weight of the model must arrive with its shape (in the model's dtype: a run saves trainable weights in
+    float32 and frozen ones as loaded, so a resume copies them bit for bit). Raises VlmtuneError otherwise.
     """
-    from transformers import AutoModelForImageTextToText
+    import torch
+    from safetensors import safe_open
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 
-    saved = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
-    model.load_state_dict(saved.state_dict(), strict=True)
+    index = checkpoint / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        shards = ["model.safetensors"]
+    targets = model.state_dict(keep_vars=True)
+    conversions = get_model_conversion_mapping(model)
+    if any(isinstance(c, WeightConverter) for c in conversions):
+        # A converter merges or splits tensors (fused experts, ...): no family vlmtune supports has one today.
+        raise VlmtuneError(f"cannot restore {type(model).__name__} in place: its checkpoints need weight conversion")
+    renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
+    restored: dict[str, Any] = {}
+    with torch.no_grad():
+        for shard in shards:
+            with safe_open(str(checkpoint / shard), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 (safe_open handles are not iterable)
+                    name = rename_source_key(key, renamings, [], model.base_model_prefix, targets)[0]
+                    target = targets.get(name)
+                    if target is None:
+                        raise VlmtuneError(f"{checkpoint / shard}: {key} (as {name}) is no weight of the model")
+                    tensor = handle.get_tensor(key)
+                    if tensor.shape != target.shape:
+                        raise VlmtuneError(
+                            f"{checkpoint / shard}: {key} has shape {tuple(tensor.shape)}, "
+                            f"the model's {name} {tuple(target.shape)}"
+                        )
+                    target.copy_(tensor)
+                    restored[name] = target
+    # Tied weights are saved once: a key absent from the checkpoint is fine if it shares storage with one restored.
+    pointers = {t.data_ptr() for t in restored.values()}
+    missing = [n for n, t in targets.items() if n not in restored and t.data_ptr() not in pointers]
+    if missing:
+        raise VlmtuneError(f"{checkpoint} lacks {len(missing)} weights of the model, e.g. {missing[0]}")
 
 
 def build_trainer(
@@ -298,6 +362,7 @@ def build_trainer(
     from transformers.trainer_callback import ProgressCallback
 
     from vlmtune_cli.encode.labels import VisionCollator
+    from vlmtune_cli.models.loading import family_of
     from vlmtune_cli.train.callbacks import MarkCheckpointComplete, QuietLogLines, StopAtEpoch, StopOnRequest
     from vlmtune_cli.train.sft_trainer import VlmtuneTrainer
 
@@ -313,7 +378,7 @@ def build_trainer(
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=processor,
-        data_collator=VisionCollator(pad_id=processor.tokenizer.pad_token_id),
+        data_collator=VisionCollator.for_family(processor.tokenizer, family_of(model)),
         callbacks=callbacks,
         per_step_walks=per_step_walks,
     )
