@@ -99,7 +99,7 @@ def test_bf16_full_components_train_every_tensor_in_float32_and_resume_bit_for_b
 
 
 def test_restoring_full_weights_in_place_is_strict(tmp_path: Path, cache_dir: Path) -> None:
-    from vlmtune_cli.train.trainer import _restore_full_weights
+    from vlmtune_cli.models.restore import restore_full_weights
 
     section = ModelSection(name="builtin:tiny-mllama", dtype="float32")
     saved = load_model(section, cache_dir)
@@ -111,7 +111,7 @@ def test_restoring_full_weights_in_place_is_strict(tmp_path: Path, cache_dir: Pa
     assert not any(k.startswith("model.") for k in keys), "Mllama checkpoints use legacy names (mapped on restore)"
 
     model = load_model(section, cache_dir)
-    _restore_full_weights(model, tmp_path / "ckpt")
+    restore_full_weights(model, tmp_path / "ckpt")
     expected, got = saved.state_dict(), model.state_dict()
     assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
 
@@ -119,8 +119,8 @@ def test_restoring_full_weights_in_place_is_strict(tmp_path: Path, cache_dir: Pa
     dropped = sorted(shards)[-1]
     save_file({k: v for k, v in shards.items() if k != dropped}, tmp_path / "ckpt" / "model.safetensors")
     with pytest.raises(VlmtuneError, match="lacks 1 weights of the model"):
-        _restore_full_weights(load_model(section, cache_dir), tmp_path / "ckpt")
+        restore_full_weights(load_model(section, cache_dir), tmp_path / "ckpt")
     shards[dropped] = torch.zeros(3, 3)
     save_file(shards, tmp_path / "ckpt" / "model.safetensors")
     with pytest.raises(VlmtuneError, match=r"has shape \(3, 3\)"):
-        _restore_full_weights(load_model(section, cache_dir), tmp_path / "ckpt")
+        restore_full_weights(load_model(section, cache_dir), tmp_path / "ckpt")
