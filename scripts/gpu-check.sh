@@ -94,51 +94,70 @@ else
   fail "pytest -m gpu" "$(tail_of pytest-gpu)"
 fi
 
-# 4. Each family's smoke recipe in bf16 (and QLoRA): train, benchmark, export, predict.
+# 4. Each family's smoke recipe in bf16 (and QLoRA): train, then benchmark, export and predict with the run. The
+# runs are tiny, so they share the GPU and run side by side (the tokenised cache and model builds are locked);
+# each prints its lines into a file, shown in order once all are done.
 steps=${VLMTUNE_GPU_CHECK_STEPS:-20}
 $py -c "from PIL import Image; Image.new('RGB', (320, 240), (200, 40, 40)).save('$log_dir/probe.png')"
 common=(--set "training.max_steps=$steps" --set training.eval_steps=1000 --set training.save_steps=1000
   --set "training.report_to=[]" --set training.logging_steps=5)
-check_run() { # LABEL RECIPE OVERRIDES...
+check_run() { # LABEL RECIPE OVERRIDES... (prints its own lines; counted by the caller)
   local label=$1 recipe=$2
   shift 2
-  local variant="gpu-$label"
-  if run "train-$label" 240 "${vlmtune[@]}" train "$recipe" --set "variant=$variant" "${common[@]}" "$@" --json; then
-    ok "train $label" "$(grep -o '"final_loss": [0-9.]*' "$log_dir/train-$label.log" | head -n 1)"
+  local variant="gpu-$label" dir="$VLMTUNE_RUNS_DIR/gpu-$label"
+  if run "train-$label" 300 "${vlmtune[@]}" train "$recipe" --set "variant=$variant" "${common[@]}" "$@" --json; then
+    line ok "train $label" "$(grep -o '"final_loss": [0-9.]*' "$log_dir/train-$label.log" | head -n 1)"
   else
-    fail "train $label" "$(tail_of "train-$label")"
+    line FAIL "train $label" "$(tail_of "train-$label")"
     return
   fi
-  local dir="$VLMTUNE_RUNS_DIR/$variant"
-  if run "benchmark-$label" 180 "${vlmtune[@]}" benchmark "$dir" --limit 4 --batch-size 4 --max-new-tokens 16; then
-    ok "benchmark $label" "metrics.json written"
+  if run "benchmark-$label" 240 "${vlmtune[@]}" benchmark "$dir" --limit 4 --batch-size 4 --max-new-tokens 16; then
+    line ok "benchmark $label" "metrics.json written"
   else
-    fail "benchmark $label" "$(tail_of "benchmark-$label")"
+    line FAIL "benchmark $label" "$(tail_of "benchmark-$label")"
   fi
-  if run "export-$label" 180 "${vlmtune[@]}" export "$dir" --merge --out "$log_dir/export-$label"; then
-    ok "export $label" "$log_dir/export-$label"
+  if run "export-$label" 240 "${vlmtune[@]}" export "$dir" --merge --out "$log_dir/export-$label"; then
+    line ok "export $label" "merged model in $log_dir/export-$label"
   else
-    fail "export $label" "$(tail_of "export-$label")"
+    line FAIL "export $label" "$(tail_of "export-$label")"
   fi
-  if run "predict-$label" 180 "${vlmtune[@]}" predict "$dir" "$log_dir/probe.png" --max-new-tokens 16 --out "$log_dir/predict-$label"; then
-    ok "predict $label" "answer and drawn boxes in $log_dir/predict-$label"
+  if run "predict-$label" 240 "${vlmtune[@]}" predict "$dir" "$log_dir/probe.png" --max-new-tokens 16 \
+    --out "$log_dir/predict-$label"; then
+    line ok "predict $label" "answer and drawing in $log_dir/predict-$label"
   else
-    fail "predict $label" "$(tail_of "predict-$label")"
+    line FAIL "predict $label" "$(tail_of "predict-$label")"
   fi
 }
+labels=()
+start_run() { # LABEL RECIPE OVERRIDES...
+  labels+=("$1")
+  (check_run "$@") >"$log_dir/lines-$1.txt" 2>&1 &
+}
 bf16=(--set model.dtype=bfloat16 --set training.precision=bf16)
-check_run qwen2-vl-bf16 recipes/smoke.toml "${bf16[@]}"
-check_run qwen2.5-vl-bf16 recipes/smoke-qwen2.5-vl.toml "${bf16[@]}"
-check_run mllama-bf16 recipes/smoke-mllama.toml "${bf16[@]}"
-# v3's shape in bf16: full components train in float32 beside bf16 frozen weights.
-check_run qwen2-vl-full-bf16 recipes/smoke.toml "${bf16[@]}" --set tuning.vision=full --set tuning.projector=full \
+start_run qwen2-vl-bf16 recipes/smoke.toml "${bf16[@]}"
+start_run qwen2.5-vl-bf16 recipes/smoke-qwen2.5-vl.toml "${bf16[@]}"
+start_run mllama-bf16 recipes/smoke-mllama.toml "${bf16[@]}"
+# Full components in bf16 beside a LoRA LLM: trainable weights in float32, PEFT's modules_to_save on Qwen-VL.
+start_run qwen2-vl-full-bf16 recipes/smoke.toml "${bf16[@]}" --set tuning.vision=full --set tuning.projector=full \
   --set tuning.llm=lora
 if [ "$has_bnb" = 1 ]; then
-  check_run qwen2-vl-qlora recipes/smoke.toml --set model.quantization=4bit --set model.dtype=bfloat16 \
+  start_run qwen2-vl-qlora recipes/smoke.toml --set model.quantization=4bit --set model.dtype=bfloat16 \
     --set training.precision=bf16
 else
   skip "train qwen2-vl-qlora" "bitsandbytes does not import"
 fi
+wait
+for label in "${labels[@]}"; do
+  while IFS= read -r result; do
+    echo "$result"
+    name=$(echo "$result" | awk '{print $2, $3}')
+    case "$result" in
+    "ok "*) passed=$((passed + 1)) ;;
+    "FAIL "*) failed=$((failed + 1)) && failures+=("$name") ;;
+    "skip "*) skipped=$((skipped + 1)) ;;
+    esac
+  done <"$log_dir/lines-$label.txt"
+done
 
 elapsed=$((SECONDS - started))
 echo

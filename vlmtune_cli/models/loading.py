@@ -303,9 +303,10 @@ def _modules_to_save(model, family: Family, components: set[str]) -> list[str]:
 def apply_tuning(model, tuning: TuningSection, lora: LoraSection, *, seed: int | None = None):
     """Freeze, add LoRA adapters to, or fully train each component as `tuning` says.
 
-    Returns the model, wrapped in a PEFT model when any component is set to `lora`. `seed` makes the adapter
-    initialisation reproducible without touching the global random state. Raises UsageError for an unsupported
-    family or `lora.target_modules` that match nothing, VlmtuneError if a parameter belongs to no component.
+    Returns the model, wrapped in a PEFT model when any component is set to `lora`, with every trainable weight in
+    float32 (frozen ones keep the load dtype). `seed` makes the adapter initialisation reproducible without
+    touching the global random state. Raises UsageError for an unsupported family, `lora.target_modules` that
+    match nothing, or nothing to train; VlmtuneError if a parameter belongs to no component.
     """
     import torch
 
