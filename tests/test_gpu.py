@@ -13,7 +13,7 @@ from PIL import Image
 
 from vlmtune_cli.config.schema import DataSection, LoraSection, ModelSection, TuningSection
 from vlmtune_cli.encode.labels import LabelSpec, VisionCollator, encode_sample
-from vlmtune_cli.models.loading import apply_tuning, family_of, load_model, load_processor
+from vlmtune_cli.models.loading import apply_tuning, family_of, load_family, load_model, load_processor
 from vlmtune_cli.models.placement import machine_precision
 
 pytestmark = pytest.mark.gpu
@@ -22,8 +22,6 @@ TINY = "builtin:tiny-qwen2-vl"
 
 def _batch(cache_dir: Path, section: ModelSection) -> dict:
     processor = load_processor(section, DataSection(min_pixels=224 * 224, max_pixels=224 * 224), cache_dir)
-    from vlmtune_cli.models.loading import load_family
-
     spec = LabelSpec.for_family(processor.tokenizer, load_family(section, cache_dir))
     messages = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Detect it."}]},
