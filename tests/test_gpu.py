@@ -40,7 +40,7 @@ def test_auto_precision_follows_the_compute_capability() -> None:
 def test_bf16_full_components_and_lora_train_every_tensor_on_cuda(cache_dir: Path) -> None:
     """vision and projector full (PEFT modules_to_save), llm LoRA, bf16 weights, autocast on the GPU, lr 2e-5."""
     section = ModelSection(name=TINY, dtype="bfloat16")
-    model = load_model(section, cache_dir)
+    model = load_model(section, cache_dir, on_gpu=True)  # as training loads it
     assert {p.device for p in model.parameters()} == {torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))}
     model = apply_tuning(model, TuningSection(vision="full", projector="full", llm="lora"), LoraSection(dropout=0.0))
     params = dict(model.named_parameters())

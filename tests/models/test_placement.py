@@ -114,6 +114,11 @@ def test_a_quantised_model_loads_onto_the_local_ranks_gpu(monkeypatch: pytest.Mo
     assert [c["device_map"] for c in calls] == [{"": 0}, {"": 1}]
     assert all(c["quantization_config"].load_in_4bit for c in calls)
     assert calls[0]["dtype"] == torch.bfloat16, "auto on compute capability 8.0"
+    # Unquantised: straight to the GPU for training; to host memory otherwise (export merges there).
+    plain = ModelSection(name="builtin:tiny-qwen2-vl")
+    loading.load_model(plain, cache_dir, on_gpu=True)
+    loading.load_model(plain, cache_dir)
+    assert calls[2]["device_map"] == {"": 1} and "device_map" not in calls[3]
 
 
 @pytest.mark.slow

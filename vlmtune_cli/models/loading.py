@@ -164,12 +164,13 @@ def _quantization_config(quantization: str, dtype):
     )
 
 
-def load_model(model_section: ModelSection, cache_dir: Path, *, dtype: str | None = None):
+def load_model(model_section: ModelSection, cache_dir: Path, *, dtype: str | None = None, on_gpu: bool = False):
     """Load `model_section.name` with `AutoModelForImageTextToText`.
 
     `dtype` overrides `model_section.dtype` ("auto": bfloat16 on a GPU with native bf16, float16 on older GPUs,
-    float32 without CUDA). With CUDA the weights load straight onto this process's GPU (`LOCAL_RANK`), not
-    through host memory, and a quantised model lands there rather than on GPU 0 for every rank.
+    float32 without CUDA). With CUDA, a quantised model (always) or any model with `on_gpu` (training) loads
+    straight onto this process's GPU (`LOCAL_RANK`), not through host memory, rather than on GPU 0 for every
+    rank. Without `on_gpu` others load to host memory (export merges there: it may not fit the GPU).
     Raises UsageError for a model that cannot be found, is not an image-text-to-text model, or asks for
     quantization without CUDA and bitsandbytes; VlmtuneError if an existing checkpoint fails to load.
     """
@@ -190,7 +191,7 @@ def load_model(model_section: ModelSection, cache_dir: Path, *, dtype: str | Non
     import torch
 
     device_map = local_device_map(torch.cuda.is_available(), os.environ)
-    if device_map is not None:
+    if device_map is not None and (on_gpu or quantization is not None):
         kwargs["device_map"] = device_map
     try:
         return AutoModelForImageTextToText.from_pretrained(path, **kwargs)

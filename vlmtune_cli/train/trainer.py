@@ -95,9 +95,8 @@ def _train_locked(
 
     precision, note = _precision(recipe)
     err_console.print(describe_precision(precision, note), highlight=False)
-    model = loading.load_model(
-        recipe.model, settings.cache_dir, dtype=training_load_dtype(recipe.model.dtype, precision)
-    )
+    dtype = training_load_dtype(recipe.model.dtype, precision)
+    model = loading.load_model(recipe.model, settings.cache_dir, dtype=dtype, on_gpu=True)
     model = loading.apply_tuning(model, recipe.tuning, recipe.lora, seed=recipe.training.seed)
     _print_trainable(loading.trainable_table(model, family))
     if checkpoint is not None and not recipe.uses_lora:
