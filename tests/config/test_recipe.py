@@ -112,6 +112,17 @@ def test_set_values_are_toml_with_bare_strings(tmp_path: Path) -> None:
         ('[tuning]\nvision = "half"\n', [], "tuning.vision: Input should be 'frozen', 'lora' or 'full'"),
         ('[tuning]\nvision = "frozen"\nprojector = "frozen"\nllm = "frozen"\n', [], "nothing would train"),
         ('[model]\nname = "builtin:tiny-gpt"\n', [], "unknown built-in model 'builtin:tiny-gpt'"),
+        (
+            '[model]\nquantization = "4bit"\n[tuning]\nvision = "lora"\nprojector = "full"\n',
+            [],
+            "model.quantization = '4bit' cannot train tuning.projector = 'full'",
+        ),
+        ("", ["model.quantization=8bit", "tuning.llm=full"], "cannot train tuning.llm = 'full'"),
+        (
+            '[model]\ndtype = "bfloat16"\n[training]\nprecision = "fp32"\n',
+            [],
+            'set training.precision = "bf16" (or "auto"), or model.dtype = "float32"',
+        ),
         ('variant = "a/b"\n', [], "cannot name a run directory"),
         ('[slurm]\ntime = "4 hours"\n', [], "is not a SLURM time limit"),
         ("[training\n", [], "bad.toml: not valid TOML"),

@@ -208,3 +208,32 @@ def _runs(labels: list[int]) -> list[tuple[int, int]]:
             runs.append((start, i))
             start = None
     return runs
+
+
+def test_collator_of_a_tokenizer_without_pad_token_pads_with_the_end_of_turn_token(processor_and_spec) -> None:
+    """Llama 3 tokenizers have no pad token: the trainer's collator pads as the label builder does."""
+    import copy
+
+    from vlmtune_cli.models.families import family_for_model_type
+
+    processor, _ = processor_and_spec
+    tokenizer = copy.deepcopy(processor.tokenizer)
+    tokenizer.pad_token = None
+    assert tokenizer.pad_token_id is None
+    family = family_for_model_type("qwen2_vl")
+    spec = LabelSpec.for_family(tokenizer, family)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert spec.pad_id == end
+    samples = [
+        {"messages": [user("Detect."), assistant("(1,2),(3,4)")], "images": [image("red")]},
+        {"messages": [user("Detect the nutrition table please."), assistant("none")], "images": [image("blue")]},
+    ]
+    encoded = [encode_sample(processor, spec, s, "assistant", 4096) for s in samples]
+    batch = VisionCollator.for_family(tokenizer, family)(encoded)
+    short = min(range(2), key=lambda r: len(encoded[r]["input_ids"]))
+    n = len(encoded[short]["input_ids"])
+    assert n < batch["input_ids"].shape[1]
+    assert set(batch["input_ids"][short, n:].tolist()) == {end}
+    assert set(batch["labels"][short, n:].tolist()) == {IGNORE_INDEX}
+    with pytest.raises(ValueError, match="needs a pad token id"):
+        VisionCollator(pad_id=tokenizer.pad_token_id)

@@ -249,8 +249,8 @@ def test_one_step_changes_exactly_the_trained_components(model, batch, modes):
             assert "lora_" in name, f"{name} trains in a LoRA component"
         changed[component] |= not same
     assert changed == {c: mode[c] != "frozen" for c in COMPONENTS}
-    table = {c: (t, n) for c, t, n in trainable_table(model, family)}
-    assert all((table[c][0] > 0) == (mode[c] != "frozen") for c in COMPONENTS)
+    table = {row.component: row.trainable for row in trainable_table(model, family)}
+    assert all((table[c] > 0) == (mode[c] != "frozen") for c in COMPONENTS)
 
 
 def test_lora_targets_from_a_user_list_stay_in_lora_components(model):

@@ -35,11 +35,14 @@ class ModelSection(StrictModel):
     revision: str | None = None
     """Hub revision (branch, tag or commit) to load; ignored for local paths."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights dtype at load time. `auto`: bfloat16 on a GPU that supports it, float32 otherwise."""
+    """Weights dtype at load time; trainable weights are kept in float32 whatever it is. `auto`: for training, the
+    dtype of the training precision (bf16 → bfloat16, fp16 → float16, fp32 → float32); for inference, bfloat16 on
+    GPUs with native bf16 (compute capability ≥ 8.0), float16 on older GPUs, float32 without CUDA."""
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
     """Attention kernel passed to `from_pretrained`; unset lets transformers choose (sdpa where available)."""
     quantization: Literal["none", "4bit", "8bit"] = "none"
-    """Load the base model quantised with bitsandbytes (QLoRA). Needs a CUDA GPU and bitsandbytes."""
+    """Load the base model quantised with bitsandbytes (QLoRA). Needs a CUDA GPU and bitsandbytes; refused with
+    a component set to `full` (quantised weights do not train). Each process loads onto its own GPU (`LOCAL_RANK`)."""
     trust_remote_code: bool = False
     """Run model code shipped with a hub checkpoint. Off unless you trust the repository."""
 
@@ -150,7 +153,9 @@ class TrainingSection(StrictModel):
     optim: str = "adamw_torch"
     """Optimizer name as transformers spells it."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """Mixed precision. `auto`: bf16 on a GPU that supports it, fp32 on CPU."""
+    """Mixed precision (autocast; trainable weights stay float32). `auto`: bf16 on GPUs with native bf16 (compute
+    capability ≥ 8.0), fp16 with loss scaling on older ones (V100, T4), fp32 without CUDA; an explicit half
+    `model.dtype` picks its own precision. A half `model.dtype` with `fp32` is refused."""
     gradient_checkpointing: bool = False
     """Trade compute for memory by recomputing activations in the backward pass."""
     save_steps: int = Field(300, ge=1)
@@ -278,6 +283,22 @@ class Recipe(StrictModel):
             raise ValueError(
                 f"training.packing_length ({length}) is above data.max_length ({self.data.max_length}); "
                 "a row cannot be longer than the longest sample the data may hold: lower it or raise data.max_length"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> Recipe:
+        full = [c for c in ("vision", "projector", "llm") if getattr(self.tuning, c) == "full"]
+        if self.model.quantization != "none" and full:
+            raise ValueError(
+                f"model.quantization = {self.model.quantization!r} cannot train tuning.{full[0]} = 'full': quantised "
+                'weights do not train; set model.quantization = "none", or that component to "lora" or "frozen"'
+            )
+        if self.model.dtype in ("bfloat16", "float16") and self.training.precision == "fp32":
+            raise ValueError(
+                f"model.dtype = {self.model.dtype!r} with training.precision = 'fp32': trainable weights are kept in "
+                "float32 and need autocast beside half-precision frozen ones; set training.precision = "
+                f'"{"bf16" if self.model.dtype == "bfloat16" else "fp16"}" (or "auto"), or model.dtype = "float32"'
             )
         return self
 

@@ -191,8 +191,16 @@ class VisionCollator:
     every sample of a batch to have images (the synthetic sets always do).
     """
 
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int | None):
+        if pad_id is None:  # torch.full would fail at the first batch with a message about `fill_value`
+            raise ValueError("VisionCollator needs a pad token id; use VisionCollator.for_family")
         self.pad_id = pad_id
+
+    @classmethod
+    def for_family(cls, tokenizer: Any, family: Any) -> VisionCollator:
+        """The collator for `tokenizer`: pads with its pad token, or with the end-of-turn token where it has none
+        (Llama 3's tokenizers), as `LabelSpec` does; padded positions are masked from attention and loss anyway."""
+        return cls(pad_id=LabelSpec.for_family(tokenizer, family).pad_id)
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         import numpy as np

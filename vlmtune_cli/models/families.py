@@ -9,6 +9,7 @@ Imports nothing heavy: recipe validation and `--help` may use it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -20,6 +21,9 @@ COMPONENTS: tuple[Component, ...] = ("vision", "projector", "llm")
 # Prefixes wrappers put in front of the model's own parameter names: PEFT (`base_model.model.`),
 # DistributedDataParallel (`module.`), torch.compile (`_orig_mod.`).
 _WRAPPER_PREFIXES = ("base_model.model.", "module.", "_orig_mod.")
+# Segments PEFT puts inside a name when a module becomes `modules_to_save`: the trainable copy
+# (`visual.modules_to_save.default.blocks...`) and the kept original (`visual.original_module.blocks...`).
+_PEFT_INNER = re.compile(r"\.(?:modules_to_save(?:\.[^.]+)?|original_module)(?=\.|$)")
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,9 @@ def check_packing(family: Family, packing: bool) -> None:
 
 
 def strip_wrapper_prefixes(param_name: str) -> str:
-    """The parameter's name in the bare model, whatever PEFT/DDP/compile wrappers it sits in."""
+    """The parameter's name in the bare model, whatever PEFT/DDP/compile wrappers it sits in (PEFT's
+    `modules_to_save` copies included: both the trainable copy and the kept original map to the bare name)."""
+    param_name = _PEFT_INNER.sub("", param_name)
     stripped = True
     while stripped:
         stripped = False

@@ -25,10 +25,18 @@ from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import UsageError, VlmtuneError
 from vlmtune_cli.fsutil import exclusive_lock, is_rank_zero, replace_dir
 from vlmtune_cli.models.families import check_packing
+from vlmtune_cli.models.placement import (
+    Precision,
+    auto_precision,
+    describe_precision,
+    training_load_dtype,
+    training_precision,
+)
 from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for, write_atomic, write_env
 
 if TYPE_CHECKING:
     from vlmtune_cli.models.families import Family
+    from vlmtune_cli.models.loading import TrainableRow
     from vlmtune_cli.train.sft_trainer import VlmtuneTrainer
 
 
@@ -90,11 +98,16 @@ def _train_locked(
     processor = loading.load_processor(recipe.model, recipe.data, settings.cache_dir)
     train_set, eval_set = _encoded_splits(recipe, processor, family, settings.cache_dir)
 
-    model = loading.load_model(recipe.model, settings.cache_dir)
+    precision, note = _precision(recipe)
+    err_console.print(describe_precision(precision, note), highlight=False)
+    dtype = training_load_dtype(recipe.model.dtype, precision)
+    model = loading.load_model(recipe.model, settings.cache_dir, dtype=dtype, on_gpu=True)
     model = loading.apply_tuning(model, recipe.tuning, recipe.lora, seed=recipe.training.seed)
     _print_trainable(loading.trainable_table(model, family))
     if checkpoint is not None and not recipe.uses_lora:
-        _restore_full_weights(model, checkpoint)
+        from vlmtune_cli.models.restore import restore_full_weights
+
+        restore_full_weights(model, checkpoint)
 
     from vlmtune_cli.train.sft_trainer import NonFiniteLoss  # TRL is imported by now: build_trainer needs it
 
@@ -177,9 +190,7 @@ def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool) -> Any:
     from trl import SFTConfig
 
     t = recipe.training
-    precision = t.precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    precision, _ = _precision(recipe)
     evaluate = has_eval and t.eval_steps is not None
     kwargs: dict[str, Any] = dict(
         output_dir=str(run.checkpoints),
@@ -231,6 +242,23 @@ def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool) -> Any:
         raise UsageError(f"the recipe's training settings are rejected by TRL: {exc}") from None
 
 
+def _precision(recipe: Recipe) -> tuple[Precision, str]:
+    """The precision this machine trains `recipe` in, and why (for the log line)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    capability = tuple(torch.cuda.get_device_capability()) if cuda else None
+    precision = training_precision(recipe.training.precision, recipe.model.dtype, auto_precision(cuda, capability))
+    if recipe.training.precision != "auto":
+        return precision, "training.precision"
+    if recipe.model.dtype in ("bfloat16", "float16"):
+        return precision, f"auto: follows model.dtype = {recipe.model.dtype}"
+    if capability is None:
+        return precision, "auto: no CUDA GPU"
+    native = "native bf16" if precision == "bf16" else "no native bf16, fp16 instead"
+    return precision, f"auto: GPU compute capability {capability[0]}.{capability[1]}, {native}"
+
+
 # --- steps of `train` ----------------------------------------------------------------------------
 
 
@@ -260,29 +288,18 @@ def _encoded_splits(recipe: Recipe, processor: Any, family: Family, cache_dir: P
     return open_splits(result, processor)
 
 
-def _print_trainable(table: list[tuple[str, int, int]]) -> None:
+def _print_trainable(table: list[TrainableRow]) -> None:
     from rich.table import Table
 
     view = Table(title="trainable parameters", title_justify="left")
-    for column in ("component", "trainable", "total", "%"):
-        view.add_column(column, justify="left" if column == "component" else "right")
-    for component, trainable, total in table:
-        share = 100.0 * trainable / total if total else 0.0
-        view.add_row(component, f"{trainable:,}", f"{total:,}", f"{share:.1f}")
+    for column in ("component", "trainable", "total", "%", "trains in", "frozen in"):
+        view.add_column(column, justify="right" if column in ("trainable", "total", "%") else "left")
+    for row in table:
+        share = 100.0 * row.trainable / row.total if row.total else 0.0
+        view.add_row(
+            row.component, f"{row.trainable:,}", f"{row.total:,}", f"{share:.1f}", row.trains_in, row.frozen_in
+        )
     err_console.print(view)
-
-
-def _restore_full_weights(model: Any, checkpoint: Path) -> None:
-    """Load a full fine-tune's weights from a checkpoint, strictly.
-
-    transformers 5.23's own resume loads full-model checkpoints with `strict=False` under legacy key names and
-    silently keeps the fresh weights; loading through `from_pretrained` maps the names, and a strict load
-    proves every weight arrived.
-    """
-    from transformers import AutoModelForImageTextToText
-
-    saved = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
-    model.load_state_dict(saved.state_dict(), strict=True)
 
 
 def build_trainer(
@@ -302,17 +319,18 @@ def build_trainer(
     from transformers.trainer_callback import ProgressCallback
 
     from vlmtune_cli.encode.labels import VisionCollator
+    from vlmtune_cli.models.loading import family_of
     from vlmtune_cli.train.callbacks import MarkCheckpointComplete, QuietLogLines, StopAtEpoch, StopOnRequest
     from vlmtune_cli.train.sft_trainer import VlmtuneTrainer
 
     args = build_sft_config(recipe, run, has_eval=eval_set is not None)
-    collator: Any = VisionCollator(pad_id=processor.tokenizer.pad_token_id)
+    collator: Any = VisionCollator.for_family(processor.tokenizer, family_of(model))
     if recipe.training.packing:
         from vlmtune_cli.encode.packing import PackedCollator, packed_train_set
         from vlmtune_cli.models.loading import rope_index
 
         train_set = packed_train_set(recipe, train_set)
-        collator = PackedCollator(processor.tokenizer.pad_token_id, rope_index(model))
+        collator = PackedCollator(collator.pad_id, rope_index(model))
     callbacks: list[Any] = [MarkCheckpointComplete(), StopOnRequest()]
     if "tensorboard" in recipe.training.report_to:
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.logs))))
