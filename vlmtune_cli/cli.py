@@ -11,6 +11,7 @@ import warnings
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from vlmtune_cli import __version__
@@ -28,9 +29,10 @@ class _FriendlyErrors(TyperGroup):
         except VlmtuneError as exc:
             if os.environ.get("VLMTUNE_DEBUG"):
                 raise
-            err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            # Messages quote paths, keys and library errors: `[x]` in them is text, never rich markup.
+            err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
             if exc.hint:
-                err_console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+                err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
             raise typer.Exit(exc.exit_code) from None
 
 

@@ -10,7 +10,7 @@ import typer
 RecipeArg = Annotated[
     Path | None,
     typer.Argument(
-        help="Recipe TOML file. Omit it to use `default_recipe` from vlmtune.toml / [tool.vlmtune].",
+        help="Recipe TOML file. Omit it to use `default_recipe` from vlmtune.toml / \\[tool.vlmtune].",
         show_default=False,
     ),
 ]

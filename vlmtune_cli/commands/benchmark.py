@@ -87,7 +87,7 @@ def benchmark(
         runs = [settings.runs_dir / load_recipe(recipe).variant]
     if not runs and not base:
         runs = [benchmark.latest_run(settings.runs_dir)]
-        err_console.print(f"benchmarking the most recent run: {runs[0]}", highlight=False)
+        err_console.print(f"benchmarking the most recent run: {runs[0]}", highlight=False, markup=False)
     targets += [benchmark.run_target(path, checkpoint) for path in runs or []]
 
     options = benchmark.BenchmarkOptions(split=split, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens)
@@ -96,7 +96,9 @@ def benchmark(
         with _GenerationBar(target.name) as bar:
             result = benchmark.benchmark(target, settings.cache_dir, options, on_start=bar.start, on_batch=bar.advance)
         err_console.print(
-            f"wrote {result.target.metrics_file} and {result.target.predictions_file.name}", highlight=False
+            f"wrote {result.target.metrics_file} and {result.target.predictions_file.name}",
+            highlight=False,
+            markup=False,
         )
         results.append(result)
 
@@ -108,7 +110,7 @@ def benchmark(
         return
     console.print(report.table(results))
     if report_path is not None:
-        console.print(f"report: {report_path}", highlight=False)
+        console.print(f"report: {report_path}", highlight=False, markup=False)
 
 
 class _GenerationBar:

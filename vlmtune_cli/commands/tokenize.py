@@ -15,6 +15,7 @@ import json
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg
 from vlmtune_cli.config.recipe import load_recipe
@@ -87,18 +88,21 @@ def _print(result: Any, samples: list[dict[str, Any]]) -> None:
     counts = ", ".join(f"{name} {s['samples']:,}" for name, s in result.stats["splits"].items())
     how = "cache hit" if result.hit else "built"
     console.print(
-        f"tokenized {result.stats['source']} ({counts}) → {result.path} [bold]{how}[/] in {result.seconds:.2f} s",
+        f"tokenized {escape(str(result.stats['source']))} ({escape(counts)}) → {escape(str(result.path))} "
+        f"[bold]{how}[/] in {result.seconds:.2f} s",
         highlight=False,
     )
     if result.miss_reason:
-        console.print(f"[dim]changed since the last entry of this source: {result.miss_reason}[/]", highlight=False)
+        console.print(
+            f"[dim]changed since the last entry of this source: {escape(result.miss_reason)}[/]", highlight=False
+        )
     print_stats(console, result.stats)
     for report in result.reports():
         if (drops := report.describe_drops()) is not None:
-            console.print(f"[yellow]{drops}[/]", highlight=False)
+            console.print(f"[yellow]{escape(drops)}[/]", highlight=False)
     if samples:
         colour = console.is_terminal and console.color_system is not None
         console.print(legend(colour))
         for sample in samples:
             title = f"{sample['split']} · {sample['id']} · {sample['length']} tokens"
-            console.print(render_sample(title, sample["segments"], colour), end="", highlight=False)
+            console.print(render_sample(title, sample["segments"], colour), end="", highlight=False, markup=False)

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg
 from vlmtune_cli.config.recipe import dump_recipe, load_recipe
@@ -67,7 +68,8 @@ def train(
     if received and not result.finished:
         err_console.print(
             f"[yellow]stopped by {received[0].name} at step {result.global_step}; a checkpoint is saved in "
-            f"{result.run_dir}.[/] Resume with: vlmtune train {path}" + "".join(f" --set {o}" for o in overrides or []),
+            f"{escape(str(result.run_dir))}.[/] Resume with: "
+            + escape(f"vlmtune train {path}" + "".join(f" --set {o}" for o in overrides or [])),
             highlight=False,
         )
         raise typer.Exit(128 + received[0].value)
@@ -78,6 +80,7 @@ def train(
         f"trained {resolved.variant}: {result.global_step} steps, final loss {loss}, "
         f"{result.seconds:.0f} s → run directory {result.run_dir}",
         highlight=False,
+        markup=False,
     )
 
 

@@ -14,6 +14,7 @@ Imports nothing heavy: `vlmtune train --dry-run` and recipe tests never load tor
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import os
 import tomllib
@@ -78,11 +79,16 @@ def recipe_diff(a: Recipe, b: Recipe) -> dict[str, tuple[Any, Any]]:
 
 
 def parse_value(raw: str) -> Any:
-    """A `--set`/environment value as TOML; a bare string when it is not valid TOML."""
+    """A `--set`/environment value as TOML; a bare string when it is not valid TOML.
+
+    TOML reads `02:00:00` as a time of day and `2026-01-01` as a date; no recipe key holds either, so such a
+    value stays the string the user typed (`--set slurm.time=02:00:00` is a time limit, not 2 a.m.).
+    """
     try:
-        return tomllib.loads(f"v = {raw}")["v"]
+        value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
+    return raw if isinstance(value, (datetime.date, datetime.time)) else value
 
 
 # --- reading and merging -------------------------------------------------------------------------
@@ -195,8 +201,29 @@ def _origin_of(loc: tuple[str, ...], origins: Origins, default: str) -> str:
     return default
 
 
+# Names from transformers' TrainingArguments / PEFT's LoraConfig that users bring along, and where they live here.
+UPSTREAM_NAMES = {
+    "learning_rate": "training.lr",
+    "num_train_epochs": "training.epochs",
+    "per_device_train_batch_size": "training.batch_size",
+    "per_device_eval_batch_size": "training.eval_batch_size",
+    "gradient_accumulation_steps": "training.grad_accum",
+    "lr_scheduler_type": "training.lr_scheduler",
+    "bf16": "training.precision",
+    "fp16": "training.precision",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "lora_r": "lora.r",
+    "model_name_or_path": "model.name",
+    "dataset_name": "data.source",
+    "max_seq_length": "data.max_length",
+}
+
+
 def _closest_key(loc: tuple[str, ...]) -> str | None:
     """For an unknown key, the nearest valid key at the same place (or anywhere, for a misplaced one)."""
+    if loc[-1] in UPSTREAM_NAMES:
+        return f"{UPSTREAM_NAMES[loc[-1]]} (`{loc[-1]}` upstream)"
     model: type[BaseModel] = Recipe
     for part in loc[:-1]:
         field = model.model_fields.get(part)

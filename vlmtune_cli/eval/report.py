@@ -19,6 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from vlmtune_cli.eval.metrics import DETECTION_METRICS, LOWER_IS_BETTER, VQA_METRICS
 from vlmtune_cli.runs import write_atomic
 
@@ -99,7 +101,7 @@ def table(results: Sequence[Any]) -> Any:
             no_wrap=True,
         )
     for result in results:
-        cells = [result.target.name]
+        cells = [escape(result.target.name)]
         for key in keys:
             text = _cell(result.metrics.get(key))
             cells.append(f"[bold green]{text}*[/]" if _is_best(result, key, best) else text)

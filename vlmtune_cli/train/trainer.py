@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.config.settings import Settings
 from vlmtune_cli.console import err_console
@@ -77,7 +79,9 @@ def _train_locked(
     from vlmtune_cli.models import loading
 
     if recipe.model.trust_remote_code:
-        err_console.print(f"[yellow]model.trust_remote_code = true: running code shipped with {recipe.model.name}[/]")
+        err_console.print(
+            f"[yellow]model.trust_remote_code = true: running code shipped with {escape(recipe.model.name)}[/]"
+        )
     processor = loading.load_processor(recipe.model, recipe.data, settings.cache_dir)
     family = loading.load_family(recipe.model, settings.cache_dir)
     train_set, eval_set = _encoded_splits(recipe, processor, family, settings.cache_dir)
@@ -94,7 +98,9 @@ def _train_locked(
         trainer._load_from_checkpoint = lambda *args, **kwargs: None
     if checkpoint is not None:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
-        err_console.print(f"resuming from {checkpoint} (step {state['global_step']}, epoch {state['epoch']:g})")
+        err_console.print(
+            f"resuming from {checkpoint} (step {state['global_step']}, epoch {state['epoch']:g})", markup=False
+        )
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except NonFiniteLoss as exc:
@@ -224,7 +230,7 @@ def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool) -> Any:
 
 def _checkpoint_to_resume(run: RunDir, require_resume: bool) -> Path | None:
     for broken in run.incomplete_checkpoints():
-        err_console.print(f"[yellow]skipping incomplete checkpoint {broken} (cut short while saving)[/]")
+        err_console.print(f"[yellow]skipping incomplete checkpoint {escape(str(broken))} (cut short while saving)[/]")
     checkpoint = run.latest_checkpoint()
     if require_resume and checkpoint is None:
         raise UsageError(f"--resume: {run.path} has no complete checkpoint to resume from")
@@ -239,10 +245,10 @@ def _encoded_splits(recipe: Recipe, processor: Any, family: Any, cache_dir: Path
     from vlmtune_cli.encode.build import open_splits, tokenize_recipe
 
     result = tokenize_recipe(recipe, cache_dir, processor=processor, family=family)
-    err_console.print(f"tokenized data: {result.describe()}", highlight=False)
+    err_console.print(f"tokenized data: {result.describe()}", highlight=False, markup=False)
     for report in result.reports():
         if (drops := report.describe_drops()) is not None:
-            err_console.print(f"[yellow]{drops}[/]")
+            err_console.print(f"[yellow]{escape(drops)}[/]")
     return open_splits(result, processor)
 
 
@@ -254,7 +260,7 @@ def _print_trainable(table: list[tuple[str, int, int]]) -> None:
         view.add_column(column, justify="left" if column == "component" else "right")
     for component, trainable, total in table:
         share = 100.0 * trainable / total if total else 0.0
-        view.add_row(component, f"{trainable:,}", f"{total:,}", f"{share:.1f}")
+        view.add_row(escape(component), f"{trainable:,}", f"{total:,}", f"{share:.1f}")
     err_console.print(view)
 
 
