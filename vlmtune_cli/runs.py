@@ -128,7 +128,7 @@ def prepare_run_dir(run: RunDir, recipe: Recipe, *, overwrite: bool) -> None:
         shutil.rmtree(run.path)
     if run.recipe_file.exists():
         try:
-            previous = load_recipe(run.recipe_file, environ={})
+            previous = load_recipe(run.recipe_file, environ={}, quiet=True)
         except UsageError:
             previous = None
         changed = recipe_diff(previous, recipe) if previous else {"recipe.toml": ("unreadable", "")}

@@ -5,6 +5,8 @@ Layers, lowest precedence first:
   2. the recipe file itself;
   3. `VLMTUNE_<TABLE>__<KEY>` environment variables (e.g. `VLMTUNE_TRAINING__LR=5e-5`);
   4. `--set table.key=value` flags, in the order given.
+Relative paths (`data.source`, a local `model.name`) are relative to the file that wrote them, or to the current
+directory for layers 3 and 4, and made absolute here (paths.py).
 Values from layers 3 and 4 are parsed as TOML (`5e-5`, `true`, `["a", "b"]`); a value that is not valid
 TOML is taken as a bare string, so `--set model.name=Qwen/Qwen2-VL-7B-Instruct` needs no quotes.
 
@@ -25,7 +27,9 @@ from typing import Any
 import tomli_w
 from pydantic import BaseModel, ValidationError
 
+from vlmtune_cli.config.paths import resolve_paths
 from vlmtune_cli.config.schema import TABLES, Recipe
+from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import RecipeError
 
 ENV_PREFIX = "VLMTUNE_"
@@ -36,8 +40,10 @@ def load_recipe(
     path: str | Path,
     overrides: list[str] | tuple[str, ...] = (),
     environ: Mapping[str, str] | None = None,
+    *,
+    quiet: bool = False,
 ) -> Recipe:
-    """Read, merge, override and validate a recipe.
+    """Read, merge, override and validate a recipe; `quiet` leaves out the notes about old-style paths.
 
     Raises RecipeError naming the file and dotted key for anything malformed or invalid.
     """
@@ -48,6 +54,9 @@ def load_recipe(
     for item in overrides:
         key, raw = _split_override(item)
         _set_dotted(data, origins, key, raw, origin=f"--set {item}")
+    for note in resolve_paths(data, origins, Path.cwd()):
+        if not quiet:
+            err_console.print(f"note: {note}", highlight=False, markup=False)
     return validate(data, origins, default_origin=str(path))
 
 

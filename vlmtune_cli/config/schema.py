@@ -33,7 +33,8 @@ class StrictModel(BaseModel):
 
 class ModelSection(StrictModel):
     name: str = "Qwen/Qwen2-VL-2B-Instruct"
-    """Hub id, local checkpoint directory, or a built-in tiny model such as `builtin:tiny-qwen2-vl`."""
+    """Hub id, local checkpoint directory, or a built-in tiny model such as `builtin:tiny-qwen2-vl`. A local
+    directory is found relative to the recipe file's folder (like `data.source`) and stored absolute."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) to load; ignored for local paths."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -56,7 +57,9 @@ class ModelSection(StrictModel):
 class DataSection(StrictModel):
     source: str = "builtin:synthetic-detection"
     """Where conversations come from: a built-in set (`builtin:synthetic-detection`, `builtin:synthetic-vqa`),
-    a `.jsonl` file, a folder `datasets` can load, a hub dataset id, or `path/to/file.py:function`."""
+    a `.jsonl` file, a folder `datasets` can load, a hub dataset id, or `path/to/file.py:function`. A relative
+    path is relative to the folder of the recipe file that sets it (like `extends`); in `--set` or
+    `VLMTUNE_DATA__SOURCE`, to the current directory. It is stored absolute in the resolved recipe."""
     num_samples: int = Field(200, ge=1)
     """Size of a built-in synthetic dataset (ignored by other sources)."""
     max_samples: int | None = Field(None, ge=1)

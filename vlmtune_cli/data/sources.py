@@ -59,6 +59,7 @@ from PIL import Image, UnidentifiedImageError
 from vlmtune_cli.config.schema import BUILTIN_DATASETS, DataSection
 from vlmtune_cli.data import synthetic
 from vlmtune_cli.data.hub import load_hub
+from vlmtune_cli.data.plugin_config import DatasetConfig
 from vlmtune_cli.errors import UsageError
 
 ROLES = ("system", "user", "assistant")
@@ -104,6 +105,12 @@ def source_kind(source: str) -> str:
         return "folder"
     if _HUB_ID.match(source) and not source.endswith((".jsonl", ".json", ".parquet", ".py")):
         return "hub"
+    if path.is_absolute():  # a recipe's relative path, made absolute against the recipe's folder (config/paths.py)
+        raise UsageError(
+            f"data.source: {path} does not exist",
+            hint="a relative path in a recipe is relative to the recipe file's folder (in --set: to the current "
+            "directory)",
+        )
     raise UsageError(
         f"data.source {source!r} is not a file, folder, built-in dataset or hub id",
         hint=f"built-in datasets: {', '.join(BUILTIN_DATASETS)}",
@@ -116,8 +123,8 @@ def plugin_file(source: str) -> tuple[Path, str]:
     path = Path(file).expanduser().resolve()
     if not path.is_file():
         raise UsageError(
-            f"plugin file {file} does not exist",
-            hint="data.source = 'path/to/file.py:function', the path relative to where you run",
+            f"plugin file {path} does not exist",
+            hint="data.source = 'path/to/file.py:function', the path relative to the recipe file's folder",
         )
     return path, func_name
 
@@ -370,7 +377,7 @@ def _plugin_splits(data: DataSection, processor: Any) -> dict[str, Rows]:
     named, call = {}, f"{file}:{func_name}"
     for split in (data.train_split, data.test_split):
         try:
-            result = func(data, processor, split, data.split_ratio)
+            result = func(DatasetConfig(data), processor, split, data.split_ratio)
         except Exception as exc:
             raise UsageError(
                 f"plugin {call} failed for split {split!r}: {type(exc).__name__}: {exc}",

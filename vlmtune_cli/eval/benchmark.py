@@ -8,6 +8,9 @@ Where results go (`Target.metrics_file`):
   a run's final/            <run>/predictions.jsonl and <run>/metrics.json
   --checkpoint checkpoint-N <run>/predictions-checkpoint-N.jsonl and <run>/metrics-checkpoint-N.json
   --base (a recipe's base)  <runs_dir>/<variant>/predictions-base.jsonl and metrics-base.json
+  --limit N                 `-limit-N` added to either name (metrics-limit-2.json, metrics-base-limit-2.json):
+                            a quick look at a few samples never replaces the full results. A `benchmark.limit`
+                            set in the recipe is part of the benchmark's definition and writes the plain names.
 Both files are written atomically, predictions first: an interrupted benchmark leaves the previous pair (or
 none), never a metrics.json for results that were not all written. metrics.json records the sha256 of the
 predictions it summarises.
@@ -18,6 +21,7 @@ cheap (torch and transformers load inside the functions), so bad input fails fas
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -51,9 +55,13 @@ class Target:
     """`final`, `checkpoint-N` or `base`."""
     weights: Path | None
     """The directory holding the weights and processor; None for the base model."""
+    limit: int | None = None
+    """`--limit N` of the command line: the results go to their own files (`-limit-N`)."""
 
     def _file(self, stem: str, suffix: str) -> Path:
         tag = "" if self.checkpoint == "final" else f"-{self.checkpoint}"
+        if self.limit is not None:
+            tag += f"-limit-{self.limit}"
         return self.run_dir / f"{stem}{tag}{suffix}"
 
     @property
@@ -115,7 +123,7 @@ def run_target(path: Path, checkpoint: str | None = None, command: str = "benchm
             f"{path} is not a run directory (no recipe.toml in it)",
             hint="a run directory is <runs_dir>/<variant>/, as `vlmtune train` writes it",
         )
-    recipe = load_recipe(run.recipe_file, environ={})
+    recipe = load_recipe(run.recipe_file, environ={}, quiet=True)
     name = checkpoint_name(checkpoint)
     complete = [p.name for p in run.complete_checkpoints()]
     hint = (
@@ -365,6 +373,8 @@ def benchmark(
     from vlmtune_cli.eval.scoring import score
 
     overrides = options or BenchmarkOptions()
+    if overrides.limit is not None:
+        target = dataclasses.replace(target, limit=overrides.limit)
     recipe = target.recipe
     section = recipe.benchmark
     split = overrides.split or section.split

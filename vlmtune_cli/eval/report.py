@@ -1,9 +1,10 @@
 """Showing benchmark results: the terminal table, the comparison report, and its pictures.
 
 Several runs give one table, a row per run, the best value of each column marked (highest, except the
-parse-failure rate: lowest). `write_report` puts `report.md` into `<runs_dir>/benchmark-report/` (replaced on
-every comparison) with that table, each run's training loss curve and a few test images with the predicted
-boxes in red and the true boxes in green.
+parse-failure rate: lowest). Each comparison gets its own folder, `<runs_dir>/benchmark-reports/<time>-<runs>/`
+(`new_report_dir`), and `<runs_dir>/benchmark-report` is a symbolic link to the newest (`link_latest`).
+`write_report` puts `report.md` there with that table, each run's training loss curve and a few test images
+with the predicted boxes in red and the true boxes in green.
 
 Pictures are drawn with Pillow, already a dependency: a loss curve is a polyline with two axes, which does
 not justify matplotlib and its half-dozen compiled dependencies in every training environment.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Sequence
 from datetime import datetime
@@ -25,6 +27,9 @@ from vlmtune_cli.eval.metrics import DETECTION_METRICS, LOWER_IS_BETTER, VQA_MET
 from vlmtune_cli.runs import write_atomic
 
 REPORT_DIR = "benchmark-report"
+"""The newest comparison: a symbolic link into REPORTS_DIR."""
+REPORTS_DIR = "benchmark-reports"
+"""Every comparison, one folder each."""
 HEADERS = {
     "samples": "n",
     "mean_iou": "mean IoU",
@@ -135,6 +140,37 @@ def as_json(results: Sequence[Any], report: Path | None) -> str:
 
 
 # --- report.md -------------------------------------------------------------------------------------------
+
+
+def new_report_dir(runs_dir: Path, results: Sequence[Any]) -> Path:
+    """A new, empty folder for one comparison: `<runs_dir>/benchmark-reports/<YYYYmmdd-HHMMSS>-<run names>`."""
+    names = "_vs_".join(re.sub(r"[^A-Za-z0-9._-]+", "_", r.target.name).strip("_") for r in results)
+    stem = f"{datetime.now():%Y%m%d-%H%M%S}-{names[:80]}"
+    parent = runs_dir / REPORTS_DIR
+    parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):  # two comparisons within one second keep separate folders
+        directory = parent / (stem if attempt == 1 else f"{stem}-{attempt}")
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue
+        return directory
+    raise FileExistsError(f"no free report folder name under {parent}")
+
+
+def link_latest(runs_dir: Path, directory: Path) -> Path:
+    """Point `<runs_dir>/benchmark-report` at `directory` (atomically); returns the link.
+
+    A `benchmark-report` folder written by an older vlmtune is kept: it moves into benchmark-reports/ first.
+    """
+    link = runs_dir / REPORT_DIR
+    if link.is_dir() and not link.is_symlink():
+        link.rename(runs_dir / REPORTS_DIR / f"before-{datetime.fromtimestamp(link.stat().st_mtime):%Y%m%d-%H%M%S}")
+    tmp = runs_dir / f".{REPORT_DIR}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(directory.relative_to(runs_dir) if directory.is_relative_to(runs_dir) else directory.resolve())
+    os.replace(tmp, link)
+    return link
 
 
 def write_report(results: Sequence[Any], directory: Path) -> Path:
