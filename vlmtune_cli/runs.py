@@ -119,10 +119,12 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def prepare_run_dir(run: RunDir, recipe: Recipe, *, overwrite: bool) -> None:
+def prepare_run_dir(run: RunDir, recipe: Recipe, *, overwrite: bool, start_over: str = "pass --overwrite") -> None:
     """Make the run directory ready for `recipe`, refusing to mix two different recipes in one directory.
 
-    Raises UsageError when the directory holds a finished run or a run of another recipe (unless overwrite).
+    `start_over` is how the calling command starts a run over (the hints name it: not every command has
+    `--overwrite`). Raises UsageError when the directory holds a finished run or a run of another recipe (unless
+    overwrite).
     """
     if overwrite and run.path.exists():
         shutil.rmtree(run.path)
@@ -136,12 +138,12 @@ def prepare_run_dir(run: RunDir, recipe: Recipe, *, overwrite: bool) -> None:
             keys = ", ".join(list(changed)[:6]) + (" ..." if len(changed) > 6 else "")
             raise UsageError(
                 f"{run.path} holds a run of a different recipe (differs in: {keys})",
-                hint="give this recipe its own `variant`, or pass --overwrite to start that run over",
+                hint=f"give this recipe its own `variant`, or {start_over} to start that run over",
             )
         if run.is_finished():
             raise UsageError(
                 f"{run.path} already holds a finished run of this recipe",
-                hint="pass --overwrite to train it again, or change `variant` to keep both",
+                hint=f"{start_over} to train it again, or change `variant` to keep both",
             )
     try:
         run.path.mkdir(parents=True, exist_ok=True)

@@ -196,3 +196,16 @@ def test_status_counts_the_epochs_a_finished_run_trained(tmp_path: Path) -> None
     assert trained_epochs(run, 4) == (1.5, None)
     (run.summary_file).write_text(json.dumps({"epoch": 4.0, "global_step": 8}))
     assert trained_epochs(run, 4) == (4.0, None)
+
+
+def test_chain_run_hints_name_what_chain_run_can_do(workspace: Path) -> None:
+    """`chain run` has no --overwrite: its hints must not suggest one."""
+    from vlmtune_cli.config.recipe import dump_recipe
+
+    run = workspace / "runs" / "smoke"
+    run.mkdir(parents=True)
+    (run / "recipe.toml").write_text(dump_recipe(smoke("training.lr=0.1")))
+    result = runner.invoke(app, ["chain", "run", str(RECIPES / "smoke.toml")])
+    assert result.exit_code == 2, result.output
+    assert "holds a run of a different recipe" in result.stderr and "--overwrite" not in result.stderr
+    assert f"delete {Path('runs') / 'smoke'}" in result.stderr.replace(str(workspace) + "/", "")

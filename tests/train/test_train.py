@@ -202,3 +202,19 @@ def test_unknown_training_extra_key_is_named(workspace: Path) -> None:
     )
     assert result.exit_code == 2
     assert "training.extra.warmup_ratoi: not an SFTConfig/TrainingArguments field" in result.stderr
+
+
+def test_quickstart_command_succeeds_when_repeated(workspace: Path) -> None:
+    """scripts/smoke.sh's command, run twice as a new user would (small, so the test stays cheap)."""
+    import shlex
+
+    script = (RECIPES.parent / "scripts" / "smoke.sh").read_text()
+    command = shlex.split(next(line for line in script.splitlines() if line.startswith("exec ")))
+    assert command[:2] == ["exec", ".venv/bin/vlmtune"] and command[-1] == "$@"
+    tiny = ("data.num_samples=8", "data.max_samples=8", "training.max_steps=1", "training.eval_steps=100")
+    small = [a for s in tiny for a in ("--set", s)]
+    argv = [str(RECIPES.parent / a) if a.endswith(".toml") else a for a in command[2:-1]] + small
+    for attempt in (1, 2):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 0, f"attempt {attempt}: {result.output}"
+        assert (workspace / "runs" / "smoke" / "final" / "COMPLETE").is_file()

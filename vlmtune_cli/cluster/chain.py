@@ -246,7 +246,7 @@ def submit_chain(
                 hint="`vlmtune chain status` / `vlmtune chain resume` for that one, or give this recipe its own "
                 "`variant`",
             )
-    prepare_run_dir(run, recipe, overwrite=False)
+    prepare_run_dir(run, recipe, overwrite=False, start_over=f"delete {run.path}")
     manifest = new_manifest(recipe, run, "slurm", recipe_path, argv, _flags_dict(flags))
     write_manifest(run.path, manifest)
     specs = link_specs(recipe, settings, argv)
@@ -349,6 +349,6 @@ def run_chain_locally(
                 f"{run.path} holds a chain of a different recipe or length", hint="give this recipe its own `variant`"
             )
     else:
-        prepare_run_dir(run, recipe, overwrite=False)
+        prepare_run_dir(run, recipe, overwrite=False, start_over=f"delete {run.path}")
         write_manifest(run.path, new_manifest(recipe, run, "local", recipe_path, argv))
     return [run_link(spec) for spec in link_specs(recipe, settings, argv)]
