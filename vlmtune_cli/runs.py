@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -104,11 +105,35 @@ def mark_complete(directory: Path, info: dict[str, Any] | None = None) -> None:
     write_atomic(directory / COMPLETE_MARKER, json.dumps(info or {}, indent=2) + "\n")
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def respect_umask(path: Path) -> None:
+    """Give `path` and everything under it the modes a plain open() or mkdir() would have given.
+
+    safetensors (0.8) writes through a private temporary file and mkstemp/mkdtemp create 0600/0700 whatever the
+    umask: weights, markers and cache entries would otherwise be unreadable to the other users of a shared
+    project folder. Symbolic links are left alone.
+    """
+    mask = current_umask()
+    for item in [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]:
+        if item.is_symlink():
+            continue
+        want = (0o777 if item.is_dir() else 0o666) & ~mask
+        if stat.S_IMODE(item.stat().st_mode) != want:
+            item.chmod(want)
+
+
 def write_atomic(path: Path, text: str) -> None:
-    """Write a file so a reader sees the old content or the new, never a half-written one."""
+    """Write a file so a reader sees the old content or the new, never a half-written one (mode as the umask says)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would otherwise become the file's mode
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()

@@ -218,3 +218,26 @@ def test_quickstart_command_succeeds_when_repeated(workspace: Path) -> None:
         result = runner.invoke(app, argv)
         assert result.exit_code == 0, f"attempt {attempt}: {result.output}"
         assert (workspace / "runs" / "smoke" / "final" / "COMPLETE").is_file()
+
+
+def test_files_follow_the_umask(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights, markers, the built-in model and the tokenised cache are as readable as the umask allows: safetensors
+    and mkstemp/mkdtemp would make them 0600/0700, hiding a run from the others sharing a project folder."""
+    import os
+    import stat
+
+    monkeypatch.setenv("VLMTUNE_CACHE_DIR", str(workspace / "own-cache"))  # built here, under this umask
+    previous = os.umask(0o027)
+    try:
+        train("data.num_samples=8", "data.max_samples=8", "training.max_steps=1", "training.save_steps=1")
+    finally:
+        os.umask(previous)
+    modes = {}
+    for root in (workspace / "runs" / "smoke", workspace / "own-cache"):
+        for path in (root, *root.rglob("*")):
+            if not path.is_symlink() and not path.name.endswith(".lock"):
+                modes[path.relative_to(workspace)] = stat.S_IMODE(path.stat().st_mode)
+    expected = {path: 0o750 if (workspace / path).is_dir() else 0o640 for path in modes}
+    assert modes == expected
+    names = {path.name for path in modes}
+    assert {"adapter_model.safetensors", "model.safetensors", "COMPLETE", "recipe.toml", "summary.json"} <= names

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmtune_cli.config.schema import Recipe
+from vlmtune_cli.runs import respect_umask
 
 # Bump whenever vlmtune's encoding path (data.py's conversion of rows, labels.py, tokenized.py, the cache format)
 # changes what a cache entry holds: entries written by an older vlmtune then stop matching.
@@ -207,6 +208,7 @@ def commit(staging: Path, final: Path) -> None:
         old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
         os.replace(final, old / "entry")
         shutil.rmtree(old, ignore_errors=True)
+    respect_umask(staging)  # mkdtemp's 0700 would hide the entry from other users of a shared cache
     os.replace(staging, final)
 
 
@@ -274,6 +276,7 @@ class _Digests:
             handle, tmp = tempfile.mkstemp(prefix=f".{self.FILE}.", dir=self.path.parent)
             with os.fdopen(handle, "w") as out:
                 json.dump(self.known, out)
+            respect_umask(Path(tmp))
             os.replace(tmp, self.path)
         except OSError:
             pass  # only a cache of digests: the next fingerprint hashes the files again

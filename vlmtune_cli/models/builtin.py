@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from vlmtune_cli.runs import respect_umask
+
 BUILD_INFO_FILE = "vlmtune_builtin.json"
 # Bump whenever the builder's output changes, so cached copies built by an older vlmtune are rebuilt.
 BUILDER_VERSION = 1
@@ -355,6 +357,7 @@ def _atomic_build(out_dir: Path, name: str, write, seed: int) -> None:
         write(tmp, seed)
         info = {"builder": name, "builder_version": BUILDER_VERSION, "seed": seed}
         (tmp / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        respect_umask(tmp)  # mkdtemp's 0700 and safetensors' 0600 would hide the cache from other users
         if out_dir.exists():
             # A directory cannot be renamed over a non-empty one: move the old copy aside first.
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))

@@ -35,6 +35,7 @@ from typing import Any
 from vlmtune_cli import __version__
 from vlmtune_cli.errors import UsageError, VlmtuneError
 from vlmtune_cli.eval.benchmark import Target, run_target
+from vlmtune_cli.runs import respect_umask
 
 # Files of a trainer checkpoint that are no part of a model.
 _TRAINING_STATE = {
@@ -175,9 +176,6 @@ def export(target: Target, cache_dir: Path, out: Path, *, merge: bool, force: bo
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the export's mode
     except OSError as exc:
         raise UsageError(f"cannot write to {out.parent}: {exc.strerror or exc}", hint="choose another --out") from None
     try:
@@ -203,6 +201,7 @@ def export(target: Target, cache_dir: Path, out: Path, *, merge: bool, force: bo
         }
         (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
         files = sorted(p.name for p in staging.iterdir())
+        respect_umask(staging)  # safetensors writes 0600 whatever the umask
         _move_into_place(staging, out)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)

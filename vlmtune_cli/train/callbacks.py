@@ -9,7 +9,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from vlmtune_cli.runs import mark_complete
+from vlmtune_cli.runs import mark_complete, respect_umask
 
 
 class MarkCheckpointComplete(TrainerCallback):
@@ -23,6 +23,7 @@ class MarkCheckpointComplete(TrainerCallback):
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
+                respect_umask(checkpoint)
                 mark_complete(checkpoint, {"global_step": state.global_step, "epoch": state.epoch})
 
 

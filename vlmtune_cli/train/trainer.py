@@ -25,7 +25,15 @@ from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.config.settings import Settings
 from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import UsageError, VlmtuneError
-from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for, write_atomic, write_env
+from vlmtune_cli.runs import (
+    RunDir,
+    mark_complete,
+    prepare_run_dir,
+    respect_umask,
+    run_dir_for,
+    write_atomic,
+    write_env,
+)
 from vlmtune_cli.train import step_overhead
 
 
@@ -376,6 +384,7 @@ def _save_final(trainer: Any, processor: Any, run: RunDir) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     trainer.model.save_pretrained(staging)
     processor.save_pretrained(staging)
+    respect_umask(staging)
     mark_complete(staging, {"global_step": trainer.state.global_step})
     shutil.rmtree(run.final, ignore_errors=True)
     staging.rename(run.final)
