@@ -183,3 +183,15 @@ def test_square_brackets_in_messages_are_printed_as_text(workspace: Path) -> Non
     assert isinstance(result.exception, SystemExit), result.exception  # not rich's MarkupError
     help_text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
     assert "vlmtune.toml / [tool.vlmtune]" in help_text
+
+
+def test_unset_flag_drops_an_inherited_key(workspace: Path) -> None:
+    (workspace / "steps.toml").write_text(f'extends = "{RECIPES / "smoke.toml"}"\n[training]\nmax_steps = 5\n')
+    kept = runner.invoke(app, ["train", "steps.toml", "--dry-run"])
+    assert kept.exit_code == 0 and tomllib.loads(kept.stdout)["training"]["max_steps"] == 5
+    dropped = runner.invoke(app, ["train", "steps.toml", "--dry-run", "--unset", "training.max_steps"])
+    assert dropped.exit_code == 0, dropped.output
+    assert "max_steps" not in tomllib.loads(dropped.stdout)["training"]
+    # The chain that refused the step budget runs once it is dropped.
+    chain = runner.invoke(app, ["submit", "steps.toml", "--dry-run", "--unset", "training.max_steps"])
+    assert chain.exit_code == 0, chain.output

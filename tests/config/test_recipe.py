@@ -242,3 +242,66 @@ def test_recipes_new_suggests_a_data_path_that_resolves(tmp_path: Path, monkeypa
     (tmp_path / "recipes" / "mine.toml").write_text(text + "\n[data]\n" + suggested.removeprefix("# ") + "\n")
     loaded = load_recipe(tmp_path / "recipes" / "mine.toml", environ={})
     assert loaded.data.source == str(tmp_path / "data" / "train.jsonl")
+
+
+# --- unset: dropping what a parent set ----------------------------------------------------------------------
+
+
+def test_a_child_recipe_unsets_what_its_parent_set(tmp_path: Path) -> None:
+    write(tmp_path / "parent.toml", "[training]\nmax_steps = 5\nlr = 0.5\n[data.options]\ncolour = 'red'\nsize = 3\n")
+    child = write(
+        tmp_path / "child.toml",
+        'extends = "parent.toml"\nunset = ["training.max_steps", "data.options.colour"]\n[training]\nepochs = 2\n',
+    )
+    recipe = load_recipe(child, environ={})
+    assert recipe.training.max_steps is None and recipe.training.lr == 0.5 and recipe.training.epochs == 2
+    assert recipe.data.options == {"size": 3}
+    # The child may set again what it unset: its own keys come after the unset.
+    again = write(tmp_path / "again.toml", 'extends = "parent.toml"\nunset = ["training"]\n[training]\nepochs = 4\n')
+    assert load_recipe(again, environ={}).training.model_dump() == {
+        **Recipe().training.model_dump(),
+        "epochs": 4,
+    }
+
+
+def test_unset_on_the_command_line_drops_any_layer_and_set_wins(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.toml", "[training]\nmax_steps = 5\n")
+    assert load_recipe(path, environ={}, unset=["training.max_steps"]).training.max_steps is None
+    env = {"VLMTUNE_TRAINING__MAX_STEPS": "7"}
+    assert load_recipe(path, environ=env, unset=["training.max_steps"]).training.max_steps is None
+    assert (
+        load_recipe(path, ["training.max_steps=9"], environ=env, unset=["training.max_steps"]).training.max_steps == 9
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "unset", "expected"),
+    [
+        (
+            'unset = ["data.min_pixel"]\n',
+            [],
+            "bad.toml: unset: data.min_pixel: not a recipe key; did you mean data.min_pixels?",
+        ),
+        ('unset = "training.max_steps"\n', [], "bad.toml: unset: must be a list of dotted keys"),
+        ("", ["training.lrr"], "--unset: training.lrr: not a recipe key; did you mean training.lr?"),
+        ("", ["training.lr.x"], "--unset: training.lr.x: not a recipe key"),
+    ],
+)
+def test_unset_of_an_unknown_key_is_named(tmp_path: Path, text: str, unset: list[str], expected: str) -> None:
+    path = write(tmp_path / "bad.toml", text)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path, environ={}, unset=unset)
+    assert expected in caught.value.message
+
+
+def test_mllama_child_of_a_qwen_recipe_drops_the_pixel_bounds(tmp_path: Path) -> None:
+    """smoke.toml sets Qwen's pixel bounds, which Mllama's processor refuses: a child can now drop them."""
+    child = write(
+        tmp_path / "mllama.toml",
+        f'extends = "{RECIPES / "smoke.toml"}"\nunset = ["data.min_pixels", "data.max_pixels"]\n'
+        '[model]\nname = "builtin:tiny-mllama"\n',
+    )
+    recipe = load_recipe(child, environ={})
+    assert (recipe.data.min_pixels, recipe.data.max_pixels) == (None, None)
+    inherited = load_recipe(RECIPES / "smoke.toml", environ={})
+    assert inherited.data.max_pixels == 50176

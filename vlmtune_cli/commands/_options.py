@@ -23,4 +23,14 @@ OverrideOpt = Annotated[
         show_default=False,
     ),
 ]
+UnsetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--unset",
+        metavar="KEY",
+        help="Drop a key the recipe or its parents set, back to its default, e.g. --unset training.max_steps. "
+        "Repeatable; --set wins over it.",
+        show_default=False,
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts instead of tables.")]

@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg
+from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg, UnsetOpt
 from vlmtune_cli.config.settings import load_settings
 from vlmtune_cli.config.slurm_time import describe
 from vlmtune_cli.console import console, err_console
@@ -137,6 +137,7 @@ def run(
         int | None, typer.Option("--jobs", help="Number of links (default: chain.total_jobs).", show_default=False)
     ] = None,
     overrides: OverrideOpt = None,
+    unset: UnsetOpt = None,
 ) -> None:
     """Run a chain's links one after another on this machine, without SLURM."""
     from vlmtune_cli.cluster.chain import plan, run_chain_locally
@@ -147,7 +148,7 @@ def run(
         raise UsageError(f"--jobs {jobs}: a chain needs at least one job")
     settings = load_settings()
     path = resolve_recipe_path(recipe, settings)
-    effective = plan(load_recipe(path, overrides or []), jobs)
+    effective = plan(load_recipe(path, overrides or [], unset=unset or []), jobs)
     outcomes = run_chain_locally(effective, path, settings, sys.argv)
     console.print(
         f"ran {effective.variant}: {len(outcomes)} links, {effective.training.epochs} epochs",

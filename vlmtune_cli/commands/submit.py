@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg
+from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg, UnsetOpt
 from vlmtune_cli.config.recipe import load_recipe
 from vlmtune_cli.config.settings import load_settings, resolve_recipe_path
 from vlmtune_cli.config.slurm_time import describe
@@ -32,6 +32,7 @@ def submit(
         int | None, typer.Option("--chain", help="Number of jobs (default: chain.total_jobs).", show_default=False)
     ] = None,
     overrides: OverrideOpt = None,
+    unset: UnsetOpt = None,
     partition: Annotated[str | None, typer.Option("--partition", help="SLURM partition.", show_default=False)] = None,
     time_limit: Annotated[
         str | None,
@@ -63,7 +64,7 @@ def submit(
     flags = SlurmFlags(partition=partition, time=time_limit, nodes=nodes, gpus_per_node=gpus_per_node)
     settings = load_settings()
     path = resolve_recipe_path(recipe, settings)
-    effective = chains.plan(load_recipe(path, overrides or []), chain)
+    effective = chains.plan(load_recipe(path, overrides or [], unset=unset or []), chain)
     # `2:00` is two minutes to SLURM: say how the limit was read before anything is submitted.
     err_console.print(f"time limit per job: {describe(time_limit or effective.slurm.time)}", markup=False)
     if dry_run:

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg
+from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg, UnsetOpt
 from vlmtune_cli.config.recipe import load_recipe
 from vlmtune_cli.config.settings import load_settings, resolve_recipe_path
 from vlmtune_cli.console import console
@@ -26,6 +26,7 @@ from vlmtune_cli.console import console
 def tokenize(
     recipe: RecipeArg = None,
     overrides: OverrideOpt = None,
+    unset: UnsetOpt = None,
     show: Annotated[
         int,
         typer.Option(
@@ -43,7 +44,7 @@ def tokenize(
 ) -> None:
     """Tokenise a recipe's dataset into the cache and print token statistics (a cache hit loads no model library)."""
     settings = load_settings()
-    resolved = load_recipe(resolve_recipe_path(recipe, settings), overrides or [])
+    resolved = load_recipe(resolve_recipe_path(recipe, settings), overrides or [], unset=unset or [])
     from vlmtune_cli.encode.build import read_rows, tokenize_recipe
     from vlmtune_cli.encode.stats import sample_segments
 
