@@ -195,3 +195,25 @@ def test_unset_flag_drops_an_inherited_key(workspace: Path) -> None:
     # The chain that refused the step budget runs once it is dropped.
     chain = runner.invoke(app, ["submit", "steps.toml", "--dry-run", "--unset", "training.max_steps"])
     assert chain.exit_code == 0, chain.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["train"], ["tokenize"], ["benchmark"], ["submit"], ["export"], ["chain", "run"], ["recipes", "list"]],
+    ids=lambda c: " ".join(c) or "vlmtune",
+)
+def test_help_shows_flags_as_flags(command: list[str]) -> None:
+    """`--dry-run <bool>` suggested a value that the flag refuses."""
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.stdout
+    flag = {"": "--version", "train": "--dry-run", "tokenize": "--force", "benchmark": "--base"}.get(
+        " ".join(command), "--help"
+    )
+    line = next(line for line in result.stdout.splitlines() if f"{flag} " in line)
+    assert line.split(flag, 1)[1].split()[0] not in ("<bool>", "BOOLEAN"), line
+
+
+def test_a_flag_refuses_a_value(workspace: Path) -> None:
+    result = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), "--dry-run", "true"])
+    assert result.exit_code == 2 and "unexpected extra argument" in result.stderr

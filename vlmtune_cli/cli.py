@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from vlmtune_cli import __version__
 from vlmtune_cli.commands import benchmark, chain, export, predict, recipes, submit, tokenize, train
@@ -20,8 +20,32 @@ from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import VlmtuneError
 
 
+def _flags_take_no_value(command: Any, ctx: Any) -> None:
+    """Typer 0.29's rich help prints a flag as `--dry-run <bool>` (even `--help`), although `--dry-run true` is
+    refused: an empty metavar leaves the type column of a flag blank. Walks sub-groups (`chain`, `recipes`)."""
+    _blank_flag_metavars(command.get_params(ctx))
+    for sub in getattr(command, "commands", {}).values():
+        _flags_take_no_value(sub, ctx)
+
+
+def _blank_flag_metavars(params: list[Any]) -> list[Any]:
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
 class _FriendlyErrors(TyperGroup):
     """Turns our own exceptions into a message and an exit code, wherever the command runs."""
+
+    def get_params(self, ctx: Any) -> Any:
+        return _blank_flag_metavars(super().get_params(ctx))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _flags_take_no_value(command, ctx)
+        return command
 
     def invoke(self, ctx: Any) -> Any:
         try:
