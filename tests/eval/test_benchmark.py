@@ -172,7 +172,26 @@ def test_report_draws_loss_curves_and_boxes(tmp_path: Path) -> None:
     assert boxes.size == (400, 500), "small images are enlarged"
     assert boxes.getpixel((40, 60)) == report.TRUE_COLOUR
     assert boxes.getpixel((20, 40)) == report.PRED_COLOUR
-    assert Image.open(tmp_path / "report" / "1-runs_a-loss.png").size == (640, 360)
+    chart = Image.open(tmp_path / "report" / "1-runs_a-loss.png")
+    assert chart.size == (640, 360)
+    assert chart.info.get("Software", "").startswith("Matplotlib"), "drawn by matplotlib, not by hand"
+    colours = {pixel[:3] for pixel in chart.convert("RGB").getdata()}
+    assert (31, 119, 180) in colours and (255, 127, 14) in colours, "the train (blue) and eval (orange) lines"
+
+
+def test_loss_chart_needs_no_display_and_imports_matplotlib_only_when_drawing(tmp_path: Path) -> None:
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from vlmtune_cli.eval import report\n"
+        "assert 'matplotlib' not in sys.modules\n"
+        f"report.draw_loss_curve([(1.0, 2.0, 'train'), (2.0, 1.5, 'train')], Path({str(tmp_path / 'c.png')!r}))\n"
+        "print('pyplot' if 'matplotlib.pyplot' in sys.modules else 'no pyplot')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"} | {"MPLBACKEND": "qtagg"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "no pyplot" and (tmp_path / "c.png").is_file()
 
 
 def test_each_comparison_keeps_its_own_report_folder(tmp_path: Path) -> None:
