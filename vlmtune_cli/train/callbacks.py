@@ -23,6 +23,8 @@ class MarkCheckpointComplete(TrainerCallback):
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
+                # PEFT's boilerplate card ("[More Information Needed]"): no card beats a card that says nothing.
+                (checkpoint / "README.md").unlink(missing_ok=True)
                 respect_umask(checkpoint)
                 mark_complete(checkpoint, {"global_step": state.global_step, "epoch": state.epoch})
 

@@ -143,7 +143,7 @@ def _train_locked(
     finished = (stop_at_epoch is None and not stop_requested()) or state.global_step >= state.max_steps
     final_dir = None
     if finished and trainer.is_world_process_zero():  # one writer of final/ under DDP
-        final_dir = _save_final(trainer, processor, run)
+        final_dir = _save_final(trainer, processor, run, recipe)
     result = TrainResult(
         run.path,
         final_dir,
@@ -347,6 +347,9 @@ def _guarded(trainer_class: type) -> type:
     bases = (step_overhead.FewerModuleWalks, trainer_class) if step_overhead.SKIP_MODULE_WALKS else (trainer_class,)
 
     class GuardedTrainer(*bases):  # type: ignore[misc, valid-type]
+        def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+            """TRL's card in checkpoints/ says "a fine-tuned version of [None]": final/ gets a true one instead."""
+
         def training_step(self, *args: Any, **kwargs: Any) -> Any:
             loss = super().training_step(*args, **kwargs)
             if not bool(loss.detach().isfinite().all()):
@@ -378,12 +381,17 @@ def _guarded(trainer_class: type) -> type:
     return GuardedTrainer
 
 
-def _save_final(trainer: Any, processor: Any, run: RunDir) -> Path:
-    """Save the adapter (or model) and processor; a kill mid-save leaves no `final/` that looks complete."""
+def _save_final(trainer: Any, processor: Any, run: RunDir, recipe: Recipe) -> Path:
+    """Save the adapter (or model), processor and model card; a kill mid-save leaves no `final/` that looks complete."""
+    from vlmtune_cli.train.model_card import model_card
+
     staging = run.path / "final.partial"
     shutil.rmtree(staging, ignore_errors=True)
     trainer.model.save_pretrained(staging)
     processor.save_pretrained(staging)
+    state = trainer.state
+    card = model_card(recipe, global_step=state.global_step, epoch=state.epoch or 0.0, log_history=state.log_history)
+    (staging / "README.md").write_text(card, encoding="utf-8")  # replaces PEFT's "[More Information Needed]"
     respect_umask(staging)
     mark_complete(staging, {"global_step": trainer.state.global_step})
     shutil.rmtree(run.final, ignore_errors=True)
