@@ -145,7 +145,9 @@ class _GenerationBar:
             transient=True,
         )
         self.progress.start()
-        self.task = self.progress.add_task(self.name, total=total)
+        from rich.markup import escape
+
+        self.task = self.progress.add_task(escape(self.name), total=total)  # a run's path is text, not markup
 
     def advance(self, done: int) -> None:
         if self.progress is not None:

@@ -80,7 +80,7 @@ def list_recipes(settings: Settings) -> list[RecipeFile]:
     for directory, origin in recipe_dirs(settings):
         for path in sorted(directory.glob("*.toml")):
             try:
-                recipe = load_recipe(path, environ={})
+                recipe = load_recipe(path, environ={}, quiet=True)
                 variant, model = recipe.variant, recipe.model.name
             except UsageError:
                 variant, model = "?", "?"
