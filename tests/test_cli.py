@@ -123,3 +123,97 @@ def test_invalid_workspace_file_is_a_message(workspace: Path) -> None:
     result = runner.invoke(app, ["train", str(RECIPES / "v2.toml"), "--dry-run"])
     assert result.exit_code == 2
     assert "workspace settings" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "expected"),
+    [
+        ("vlmtune.toml", 'runz_dir = "x"\n', "vlmtune.toml: runz_dir: unknown key; did you mean runs_dir?"),
+        (
+            "pyproject.toml",
+            '[tool.vlmtune]\ncache_dri = "x"\n',
+            "pyproject.toml [tool.vlmtune]: cache_dri: unknown key; did you mean cache_dir?",
+        ),
+        ("vlmtune.toml", '[slurm]\npartitoin = "gpu"\n', "slurm.partitoin: unknown key; did you mean slurm.partition?"),
+        ("vlmtune.toml", '[slurm]\ntime = "1:00:00"\n', "slurm.time: not a workspace default; set it in the recipe"),
+    ],
+)
+def test_unknown_workspace_key_is_named_with_the_nearest(workspace: Path, file: str, text: str, expected: str) -> None:
+    (workspace / file).write_text(text)
+    result = runner.invoke(app, ["train", str(RECIPES / "v2.toml"), "--dry-run"])
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr
+    assert "[slurm]" in result.stderr, "the hint's [slurm] is text, not rich markup"
+
+
+def test_slurm_variables_agree_between_workspace_and_recipe(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vlmtune_cli.config.settings import load_settings
+
+    monkeypatch.setenv("VLMTUNE_SLURM__TIME", "02:00:00")
+    monkeypatch.setenv("VLMTUNE_SLURM__PARTITION", "cpu")
+    result = runner.invoke(app, ["train", str(RECIPES / "v2.toml"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    slurm = tomllib.loads(result.stdout)["slurm"]
+    assert (slurm["time"], slurm["partition"]) == ("02:00:00", "cpu")
+    assert load_settings().slurm.partition == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[training]\nlearning_rate = 1e-4\n", "training.learning_rate: unknown key; did you mean training.lr"),
+        ("num_train_epochs = 2\n", "num_train_epochs: unknown key; did you mean training.epochs"),
+        (
+            "[training]\nper_device_train_batch_size = 2\n",
+            "did you mean training.batch_size (`per_device_train_batch_size` upstream)?",
+        ),
+        ("[lora]\nlora_alpha = 8\n", "did you mean lora.alpha"),
+    ],
+)
+def test_upstream_names_point_at_ours(workspace: Path, text: str, expected: str) -> None:
+    (workspace / "r.toml").write_text(text)
+    result = runner.invoke(app, ["train", "r.toml", "--dry-run"])
+    assert result.exit_code == 2 and expected in result.stderr, result.output
+
+
+def test_square_brackets_in_messages_are_printed_as_text(workspace: Path) -> None:
+    result = runner.invoke(app, ["train", "recipes/[bold]x[/y].toml"])
+    assert result.exit_code == 2, result.output
+    assert "error: recipes/[bold]x[/y].toml: recipe file not found" in result.stderr
+    assert isinstance(result.exception, SystemExit), result.exception  # not rich's MarkupError
+    help_text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "vlmtune.toml / [tool.vlmtune]" in help_text
+
+
+def test_unset_flag_drops_an_inherited_key(workspace: Path) -> None:
+    (workspace / "steps.toml").write_text(f'extends = "{RECIPES / "smoke.toml"}"\n[training]\nmax_steps = 5\n')
+    kept = runner.invoke(app, ["train", "steps.toml", "--dry-run"])
+    assert kept.exit_code == 0 and tomllib.loads(kept.stdout)["training"]["max_steps"] == 5
+    dropped = runner.invoke(app, ["train", "steps.toml", "--dry-run", "--unset", "training.max_steps"])
+    assert dropped.exit_code == 0, dropped.output
+    assert "max_steps" not in tomllib.loads(dropped.stdout)["training"]
+    # The chain that refused the step budget runs once it is dropped.
+    chain = runner.invoke(app, ["submit", "steps.toml", "--dry-run", "--unset", "training.max_steps"])
+    assert chain.exit_code == 0, chain.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["train"], ["tokenize"], ["benchmark"], ["submit"], ["export"], ["chain", "run"], ["recipes", "list"]],
+    ids=lambda c: " ".join(c) or "vlmtune",
+)
+def test_help_shows_flags_as_flags(command: list[str]) -> None:
+    """`--dry-run <bool>` suggested a value that the flag refuses."""
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.stdout
+    flag = {"": "--version", "train": "--dry-run", "tokenize": "--force", "benchmark": "--base"}.get(
+        " ".join(command), "--help"
+    )
+    line = next(line for line in result.stdout.splitlines() if f"{flag} " in line)
+    assert line.split(flag, 1)[1].split()[0] not in ("<bool>", "BOOLEAN"), line
+
+
+def test_a_flag_refuses_a_value(workspace: Path) -> None:
+    result = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), "--dry-run", "true"])
+    assert result.exit_code == 2 and "unexpected extra argument" in result.stderr

@@ -11,7 +11,8 @@ import warnings
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+from rich.markup import escape
+from typer.core import TyperGroup, TyperOption
 
 from vlmtune_cli import __version__
 from vlmtune_cli.commands import benchmark, chain, export, predict, recipes, submit, tokenize, train
@@ -19,8 +20,32 @@ from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import VlmtuneError
 
 
+def _flags_take_no_value(command: Any, ctx: Any) -> None:
+    """Typer 0.29's rich help prints a flag as `--dry-run <bool>` (even `--help`), although `--dry-run true` is
+    refused: an empty metavar leaves the type column of a flag blank. Walks sub-groups (`chain`, `recipes`)."""
+    _blank_flag_metavars(command.get_params(ctx))
+    for sub in getattr(command, "commands", {}).values():
+        _flags_take_no_value(sub, ctx)
+
+
+def _blank_flag_metavars(params: list[Any]) -> list[Any]:
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
 class _FriendlyErrors(TyperGroup):
     """Turns our own exceptions into a message and an exit code, wherever the command runs."""
+
+    def get_params(self, ctx: Any) -> Any:
+        return _blank_flag_metavars(super().get_params(ctx))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _flags_take_no_value(command, ctx)
+        return command
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -28,9 +53,10 @@ class _FriendlyErrors(TyperGroup):
         except VlmtuneError as exc:
             if os.environ.get("VLMTUNE_DEBUG"):
                 raise
-            err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            # Messages quote paths, keys and library errors: `[x]` in them is text, never rich markup.
+            err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
             if exc.hint:
-                err_console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+                err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
             raise typer.Exit(exc.exit_code) from None
 
 

@@ -1,4 +1,5 @@
-"""Chores shared by every wing: swapping a finished directory into place, exclusive locks, "am I rank 0".
+"""Chores shared by every wing: swapping a finished directory into place, file modes by the umask, exclusive
+locks, "am I rank 0".
 
 Leaf module: imports nothing of ours but errors/console, nothing heavy.
 """
@@ -9,6 +10,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,14 +28,38 @@ def is_rank_zero() -> bool:
     return rank() == 0
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def respect_umask(path: Path) -> None:
+    """Give `path` and everything under it the modes a plain open() or mkdir() would have given.
+
+    safetensors (0.8) writes through a private temporary file and mkstemp/mkdtemp create 0600/0700 whatever the
+    umask: weights, markers and cache entries would otherwise be unreadable to the other users of a shared
+    project folder. Symbolic links are left alone.
+    """
+    mask = current_umask()
+    for item in [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]:
+        if item.is_symlink():
+            continue
+        want = (0o777 if item.is_dir() else 0o666) & ~mask
+        if stat.S_IMODE(item.stat().st_mode) != want:
+            item.chmod(want)
+
+
 def replace_dir(staging: Path, final: Path) -> None:
-    """Put the finished directory `staging` at `final`, replacing whatever is there.
+    """Put the finished directory `staging` at `final`, replacing whatever is there, with modes as the umask says.
 
     A directory cannot be renamed over a non-empty one, so an old `final` first moves aside into a hidden
     sibling (`.<name>.old-*`), removed last. A crash at any moment leaves `final` either absent, old or new:
     never half-written. On failure the old one is put back. Raises OSError.
     """
     staging, final = Path(staging), Path(final)
+    respect_umask(staging)  # mkdtemp's 0700 and safetensors' 0600 would hide it from the other users of a folder
     aside = None
     if final.exists():
         aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))

@@ -30,6 +30,7 @@ from typing import Any
 from vlmtune_cli.config.recipe import dump_recipe, load_recipe, recipe_diff
 from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.errors import UsageError
+from vlmtune_cli.fsutil import current_umask
 
 COMPLETE_MARKER = "COMPLETE"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -106,10 +107,11 @@ def mark_complete(directory: Path, info: dict[str, Any] | None = None) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write a file so a reader sees the old content or the new, never a half-written one."""
+    """Write a file so a reader sees the old content or the new, never a half-written one (mode as the umask says)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would otherwise become the file's mode
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -120,16 +122,18 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def prepare_run_dir(run: RunDir, recipe: Recipe, *, overwrite: bool) -> None:
+def prepare_run_dir(run: RunDir, recipe: Recipe, *, overwrite: bool, start_over: str = "pass --overwrite") -> None:
     """Make the run directory ready for `recipe`, refusing to mix two different recipes in one directory.
 
-    Raises UsageError when the directory holds a finished run or a run of another recipe (unless overwrite).
+    `start_over` is how the calling command starts a run over (the hints name it: not every command has
+    `--overwrite`). Raises UsageError when the directory holds a finished run or a run of another recipe (unless
+    overwrite).
     """
     if overwrite and run.path.exists():
         shutil.rmtree(run.path)
     if run.recipe_file.exists():
         try:
-            previous = load_recipe(run.recipe_file, environ={})
+            previous = load_recipe(run.recipe_file, environ={}, quiet=True)
         except UsageError:
             previous = None
         changed = recipe_diff(previous, recipe) if previous else {"recipe.toml": ("unreadable", "")}
@@ -137,12 +141,12 @@ def prepare_run_dir(run: RunDir, recipe: Recipe, *, overwrite: bool) -> None:
             keys = ", ".join(list(changed)[:6]) + (" ..." if len(changed) > 6 else "")
             raise UsageError(
                 f"{run.path} holds a run of a different recipe (differs in: {keys})",
-                hint="give this recipe its own `variant`, or pass --overwrite to start that run over",
+                hint=f"give this recipe its own `variant`, or {start_over} to start that run over",
             )
         if run.is_finished():
             raise UsageError(
                 f"{run.path} already holds a finished run of this recipe",
-                hint="pass --overwrite to train it again, or change `variant` to keep both",
+                hint=f"{start_over} to train it again, or change `variant` to keep both",
             )
     try:
         run.path.mkdir(parents=True, exist_ok=True)
@@ -202,9 +206,13 @@ class Target:
     """`final`, `checkpoint-N` or `base`."""
     weights: Path | None
     """The directory holding the weights and processor; None for the base model."""
+    limit: int | None = None
+    """`--limit N` of the command line: the results go to their own files (`-limit-N`)."""
 
     def _file(self, stem: str, suffix: str) -> Path:
         tag = "" if self.checkpoint == "final" else f"-{self.checkpoint}"
+        if self.limit is not None:
+            tag += f"-limit-{self.limit}"
         return self.run_dir / f"{stem}{tag}{suffix}"
 
     @property
@@ -240,7 +248,7 @@ def run_target(path: Path, checkpoint: str | None = None, command: str = "benchm
             f"{path} is not a run directory (no recipe.toml in it)",
             hint="a run directory is <runs_dir>/<variant>/, as `vlmtune train` writes it",
         )
-    recipe = load_recipe(run.recipe_file, environ={})
+    recipe = load_recipe(run.recipe_file, environ={}, quiet=True)
     name = checkpoint_name(checkpoint)
     complete = [p.name for p in run.complete_checkpoints()]
     hint = (

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from vlmtune_cli.cli import app
 from vlmtune_cli.cluster.chain import plan
-from vlmtune_cli.cluster.records import new_manifest, read_manifest, write_manifest
+from vlmtune_cli.cluster.records import new_manifest, read_manifest, trained_epochs, write_manifest
 from vlmtune_cli.cluster.sbatch import SlurmFlags, sbatch_parameters, sbatch_script, time_to_seconds
 from vlmtune_cli.config.recipe import load_recipe
 from vlmtune_cli.config.settings import Settings, SlurmDefaults
@@ -188,3 +188,38 @@ def test_a_link_pickled_before_the_wings_still_loads() -> None:
     assert delayed.function.spec.link == 2 and delayed.function.spec.stop_at_epoch == 2
     again = delayed.function.checkpoint()
     assert type(again.function) is ChainLink and again.function.spec == delayed.function.spec
+
+
+def test_a_step_budget_is_refused_for_a_chain(workspace: Path) -> None:
+    with pytest.raises(UsageError, match=r"training.max_steps = 5 cannot be combined with a chain"):
+        plan(smoke("training.max_steps=5"), 2)
+    for command in (["submit", "--dry-run"], ["chain", "run"]):
+        result = runner.invoke(app, [*command, str(RECIPES / "smoke.toml"), "--set", "training.max_steps=5"])
+        assert result.exit_code == 2, result.output
+        assert "cannot be combined with a chain, which plans in epochs" in result.stderr
+        assert "--unset training.max_steps" in result.stderr
+    assert not (workspace / "runs").exists(), "nothing was started"
+
+
+def test_status_counts_the_epochs_a_finished_run_trained(tmp_path: Path) -> None:
+    """A run that ended before its plan (1.5 of 4 epochs) is not reported as 4 of 4."""
+    run = RunDir(tmp_path / "smoke")
+    (run.final).mkdir(parents=True)
+    (run.final / "COMPLETE").write_text("{}")
+    (run.summary_file).write_text(json.dumps({"epoch": 1.5, "global_step": 3}))
+    assert trained_epochs(run, 4) == (1.5, None)
+    (run.summary_file).write_text(json.dumps({"epoch": 4.0, "global_step": 8}))
+    assert trained_epochs(run, 4) == (4.0, None)
+
+
+def test_chain_run_hints_name_what_chain_run_can_do(workspace: Path) -> None:
+    """`chain run` has no --overwrite: its hints must not suggest one."""
+    from vlmtune_cli.config.recipe import dump_recipe
+
+    run = workspace / "runs" / "smoke"
+    run.mkdir(parents=True)
+    (run / "recipe.toml").write_text(dump_recipe(smoke("training.lr=0.1")))
+    result = runner.invoke(app, ["chain", "run", str(RECIPES / "smoke.toml")])
+    assert result.exit_code == 2, result.output
+    assert "holds a run of a different recipe" in result.stderr and "--overwrite" not in result.stderr
+    assert f"delete {Path('runs') / 'smoke'}" in result.stderr.replace(str(workspace) + "/", "")

@@ -178,3 +178,141 @@ def test_recipe_reference_is_up_to_date() -> None:
 
     current = (RECIPES.parent / "docs" / "recipes.md").read_text()
     assert current == render(), "regenerate it: python -m vlmtune_cli.config.reference > docs/recipes.md"
+
+
+# --- paths: relative to the file that wrote them ---------------------------------------------------------
+
+
+def test_paths_are_relative_to_the_file_that_wrote_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "recipes" / "data").mkdir(parents=True)
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "recipes" / "data" / "rows.jsonl").write_text("")
+    (tmp_path / "shared" / "plugin.py").write_text("")
+    (tmp_path / "here.jsonl").write_text("")
+    write(tmp_path / "shared" / "parent.toml", '[data]\nsource = "plugin.py:get_custom_dataset"\n')
+    child = write(tmp_path / "recipes" / "child.toml", 'extends = "../shared/parent.toml"\n')
+    own = write(tmp_path / "recipes" / "own.toml", '[data]\nsource = "data/rows.jsonl"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # where you run does not matter for a path written in a recipe
+    assert load_recipe(own, environ={}).data.source == str(tmp_path / "recipes" / "data" / "rows.jsonl")
+    assert load_recipe(child, environ={}).data.source == f"{tmp_path / 'shared' / 'plugin.py'}:get_custom_dataset"
+    # --set and the environment are typed where you run: relative to the current directory.
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe(own, ["data.source=here.jsonl"], environ={}).data.source == str(tmp_path / "here.jsonl")
+    assert load_recipe(own, environ={"VLMTUNE_DATA__SOURCE": "here.jsonl"}).data.source == str(tmp_path / "here.jsonl")
+    # Hub ids and built-ins are left alone.
+    assert load_recipe(own, ["data.source=owner/name"], environ={}).data.source == "owner/name"
+    assert (
+        load_recipe(own, ["model.name=Qwen/Qwen2-VL-2B-Instruct"], environ={}).model.name == "Qwen/Qwen2-VL-2B-Instruct"
+    )
+
+
+def test_a_path_found_only_where_you_run_still_works_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "rows.jsonl").write_text("")
+    (tmp_path / "recipes").mkdir()
+    old_style = write(tmp_path / "recipes" / "old.toml", '[data]\nsource = "data/rows.jsonl"\n')
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe(old_style, environ={}).data.source == str(tmp_path / "data" / "rows.jsonl")
+    err = capsys.readouterr().err
+    assert "data.source: 'data/rows.jsonl' was found relative to the current directory" in err
+    assert "write '../data/rows.jsonl'" in err
+
+
+def test_a_missing_path_says_where_it_was_looked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vlmtune_cli.data.sources import source_kind
+    from vlmtune_cli.errors import UsageError
+
+    (tmp_path / "recipes").mkdir()
+    recipe = write(tmp_path / "recipes" / "r.toml", '[data]\nsource = "data/gone.jsonl"\n')
+    monkeypatch.chdir(tmp_path)
+    source = load_recipe(recipe, environ={}).data.source
+    assert source == str(tmp_path / "recipes" / "data" / "gone.jsonl")
+    with pytest.raises(UsageError) as caught:
+        source_kind(source)
+    assert caught.value.message == f"data.source: {tmp_path / 'recipes' / 'data' / 'gone.jsonl'} does not exist"
+    assert "relative to the recipe file's folder" in (caught.value.hint or "")
+
+
+def test_recipes_new_suggests_a_data_path_that_resolves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from vlmtune_cli.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("")
+    result = CliRunner().invoke(app, ["recipes", "new", "recipes/mine.toml", "--from", str(RECIPES / "smoke.toml")])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "recipes" / "mine.toml").read_text()
+    suggested = next(line for line in text.splitlines() if line.startswith("# source = "))
+    assert suggested == '# source = "../data/train.jsonl"'
+    (tmp_path / "recipes" / "mine.toml").write_text(text + "\n[data]\n" + suggested.removeprefix("# ") + "\n")
+    loaded = load_recipe(tmp_path / "recipes" / "mine.toml", environ={})
+    assert loaded.data.source == str(tmp_path / "data" / "train.jsonl")
+
+
+# --- unset: dropping what a parent set ----------------------------------------------------------------------
+
+
+def test_a_child_recipe_unsets_what_its_parent_set(tmp_path: Path) -> None:
+    write(tmp_path / "parent.toml", "[training]\nmax_steps = 5\nlr = 0.5\n[data.options]\ncolour = 'red'\nsize = 3\n")
+    child = write(
+        tmp_path / "child.toml",
+        'extends = "parent.toml"\nunset = ["training.max_steps", "data.options.colour"]\n[training]\nepochs = 2\n',
+    )
+    recipe = load_recipe(child, environ={})
+    assert recipe.training.max_steps is None and recipe.training.lr == 0.5 and recipe.training.epochs == 2
+    assert recipe.data.options == {"size": 3}
+    # The child may set again what it unset: its own keys come after the unset.
+    again = write(tmp_path / "again.toml", 'extends = "parent.toml"\nunset = ["training"]\n[training]\nepochs = 4\n')
+    assert load_recipe(again, environ={}).training.model_dump() == {
+        **Recipe().training.model_dump(),
+        "epochs": 4,
+    }
+
+
+def test_unset_on_the_command_line_drops_any_layer_and_set_wins(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.toml", "[training]\nmax_steps = 5\n")
+    assert load_recipe(path, environ={}, unset=["training.max_steps"]).training.max_steps is None
+    env = {"VLMTUNE_TRAINING__MAX_STEPS": "7"}
+    assert load_recipe(path, environ=env, unset=["training.max_steps"]).training.max_steps is None
+    assert (
+        load_recipe(path, ["training.max_steps=9"], environ=env, unset=["training.max_steps"]).training.max_steps == 9
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "unset", "expected"),
+    [
+        (
+            'unset = ["data.min_pixel"]\n',
+            [],
+            "bad.toml: unset: data.min_pixel: not a recipe key; did you mean data.min_pixels?",
+        ),
+        ('unset = "training.max_steps"\n', [], "bad.toml: unset: must be a list of dotted keys"),
+        ("", ["training.lrr"], "--unset: training.lrr: not a recipe key; did you mean training.lr?"),
+        ("", ["training.lr.x"], "--unset: training.lr.x: not a recipe key"),
+    ],
+)
+def test_unset_of_an_unknown_key_is_named(tmp_path: Path, text: str, unset: list[str], expected: str) -> None:
+    path = write(tmp_path / "bad.toml", text)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path, environ={}, unset=unset)
+    assert expected in caught.value.message
+
+
+def test_mllama_child_of_a_qwen_recipe_drops_the_pixel_bounds(tmp_path: Path) -> None:
+    """smoke.toml sets Qwen's pixel bounds, which Mllama's processor refuses: a child can now drop them."""
+    child = write(
+        tmp_path / "mllama.toml",
+        f'extends = "{RECIPES / "smoke.toml"}"\nunset = ["data.min_pixels", "data.max_pixels"]\n'
+        '[model]\nname = "builtin:tiny-mllama"\n',
+    )
+    recipe = load_recipe(child, environ={})
+    assert (recipe.data.min_pixels, recipe.data.max_pixels) == (None, None)
+    inherited = load_recipe(RECIPES / "smoke.toml", environ={})
+    assert inherited.data.max_pixels == 50176

@@ -204,9 +204,11 @@ def test_empty_source_and_missing_paths(tmp_path: Path) -> None:
     empty = write_jsonl(tmp_path / "empty.jsonl", ["", "  "])
     with pytest.raises(UsageError, match=r"empty\.jsonl' gives no samples for split 'train'"):
         load(source=str(empty))
-    for missing in ("nope.jsonl", "data/missing.jsonl", str(tmp_path / "none")):
+    for missing in ("nope.jsonl", "data/missing.jsonl"):
         with pytest.raises(UsageError, match="is not a file, folder"):
             load(source=missing)
+    with pytest.raises(UsageError, match=f"data.source: {tmp_path / 'none'} does not exist"):
+        load(source=str(tmp_path / "none"))
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(UsageError, match="not .jsonl"):
         load(source=str(tmp_path / "notes.txt"))
@@ -230,6 +232,18 @@ def as_list(dataset_config, processor, split, split_ratio):
 def as_dataset(dataset_config, processor, split, split_ratio):
     import datasets
     return datasets.Dataset.from_list(rows(4 if split == "train" else 2, "green"))
+
+def by_attribute(dataset_config, processor, split, split_ratio):
+    # As the docs promise: data.options as dataset_config, read by attribute, by key or with get().
+    assert dict(dataset_config) == {"colour": "blue", "count": 5}
+    assert dataset_config["count"] == dataset_config.get("count") == 5
+    return rows(dataset_config.count if split == "train" else 2, dataset_config.colour)
+
+def seed_of(dataset_config, processor, split, split_ratio):
+    return rows(dataset_config.seed, "red")
+
+def typo(dataset_config, processor, split, split_ratio):
+    return rows(1, dataset_config.colur)
 
 def broken(dataset_config, processor, split, split_ratio):
     raise RuntimeError("no such bucket")
@@ -262,6 +276,18 @@ def test_plugin_returning_lists_keeps_its_splits(plugin: Path) -> None:
     assert sample["id"] == "my_data-train-00000" and sample["target"] == {"answer": "blue"}
     capped = load(source=f"{plugin}:as_list", max_samples=2)
     assert (len(capped["train"]), len(capped["test"])) == (2, 2)  # max_samples applies per split
+
+
+def test_plugin_reads_data_options_as_attributes(plugin: Path) -> None:
+    splits = load(source=f"{plugin}:by_attribute", options={"colour": "blue", "count": 5})
+    assert (len(splits["train"]), len(splits["test"])) == (5, 2)
+    assert splits["train"][0]["target"] == {"answer": "blue"}
+    # A [data] key is read through when no option has its name.
+    assert len(load(source=f"{plugin}:seed_of", seed=3)["train"]) == 3
+    with pytest.raises(
+        UsageError, match=r"AttributeError: dataset_config has no 'colur': set it under \[data.options\]"
+    ):
+        load(source=f"{plugin}:typo", options={"colour": "blue"})
 
 
 def test_plugin_returning_datasets(plugin: Path) -> None:

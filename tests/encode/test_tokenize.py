@@ -250,7 +250,8 @@ def test_unknown_and_missing_sources_fail_before_loading_anything(workspace: Pat
     result = tokenize(SMOKE, *sets("data.source=builtin:coco"), code=2)
     assert "unknown built-in dataset 'builtin:coco'" in result.stderr and "Traceback" not in result.output
     result = tokenize(SMOKE, *sets("data.source=nowhere/at-all.jsonl"), code=2)
-    assert "is not a file, folder, built-in dataset or hub id" in result.stderr
+    # --set is relative to the current directory; the message names the place it looked.
+    assert f"data.source: {workspace / 'nowhere' / 'at-all.jsonl'} does not exist" in result.stderr
     result = tokenize(SMOKE, *sets(f"data.source={workspace}/gone.py:get_custom_dataset"), code=2)
     assert "plugin file" in result.stderr and "gone.py does not exist" in result.stderr
     for argv in (["tokenize", "--help"], ["tokenize", SMOKE, "--set", "data.source=builtin:coco"]):

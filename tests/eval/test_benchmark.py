@@ -3,6 +3,7 @@ evaluate, bad input, and end to end on a smoke run trained once for this module.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -171,7 +172,54 @@ def test_report_draws_loss_curves_and_boxes(tmp_path: Path) -> None:
     assert boxes.size == (400, 500), "small images are enlarged"
     assert boxes.getpixel((40, 60)) == report.TRUE_COLOUR
     assert boxes.getpixel((20, 40)) == report.PRED_COLOUR
-    assert Image.open(tmp_path / "report" / "1-runs_a-loss.png").size == (640, 360)
+    chart = Image.open(tmp_path / "report" / "1-runs_a-loss.png")
+    assert chart.size == (640, 360)
+    assert chart.info.get("Software", "").startswith("Matplotlib"), "drawn by matplotlib, not by hand"
+    colours = {pixel[:3] for pixel in chart.convert("RGB").getdata()}
+    assert (31, 119, 180) in colours and (255, 127, 14) in colours, "the train (blue) and eval (orange) lines"
+
+
+def test_loss_chart_needs_no_display_and_imports_matplotlib_only_when_drawing(tmp_path: Path) -> None:
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from vlmtune_cli.eval import report\n"
+        "assert 'matplotlib' not in sys.modules\n"
+        f"report.draw_loss_curve([(1.0, 2.0, 'train'), (2.0, 1.5, 'train')], Path({str(tmp_path / 'c.png')!r}))\n"
+        "print('pyplot' if 'matplotlib.pyplot' in sys.modules else 'no pyplot')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"} | {"MPLBACKEND": "qtagg"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "no pyplot" and (tmp_path / "c.png").is_file()
+
+
+def test_each_comparison_keeps_its_own_report_folder(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    a, b = _result("runs/a", tmp_path, f1=0.9), _result("runs/b", tmp_path, f1=0.4)
+    # A folder written by an older vlmtune is kept, not overwritten.
+    (runs / "benchmark-report").mkdir(parents=True)
+    (runs / "benchmark-report" / "report.md").write_text("old comparison")
+    first = report.write_report([a, b], report.new_report_dir(runs, [a, b]))
+    report.link_latest(runs, first.parent)
+    second = report.write_report([b, a], report.new_report_dir(runs, [b, a]))
+    link = report.link_latest(runs, second.parent)
+    assert first.parent != second.parent and first.parent.parent == runs / "benchmark-reports"
+    assert first.parent.name.endswith("-runs_a_vs_runs_b") and "| runs/a |" in first.read_text()
+    assert link.is_symlink() and link.resolve() == second.parent.resolve()
+    assert (link / "report.md").read_text() == second.read_text()
+    kept = [p for p in (runs / "benchmark-reports").iterdir() if p.name.startswith("before-")]
+    assert len(kept) == 1 and (kept[0] / "report.md").read_text() == "old comparison"
+
+
+def test_a_limited_benchmark_names_its_own_files(tmp_path: Path) -> None:
+    target = benchmark.run_target(_fake_run(tmp_path))
+    assert (target.metrics_file.name, target.predictions_file.name) == ("metrics.json", "predictions.jsonl")
+    limited = dataclasses.replace(target, limit=2)
+    assert (limited.metrics_file.name, limited.predictions_file.name) == (
+        "metrics-limit-2.json",
+        "predictions-limit-2.jsonl",
+    )
 
 
 # --- choosing what to benchmark, bad input (no model needed) --------------------------------------------
@@ -420,17 +468,32 @@ def test_two_runs_and_a_baseline_give_one_table_and_a_report(run: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "smoke (base" in result.stdout and "runs/smoke@ch" in result.stdout and "runs/other@ch" in result.stdout
-    assert (run / "metrics-base.json").is_file() and (run / "metrics-checkpoint-2.json").is_file()
-    assert (run.parent / "other" / "predictions-checkpoint-2.jsonl").is_file()
+    assert (run / "metrics-base-limit-2.json").is_file() and (run / "metrics-checkpoint-2-limit-2.json").is_file()
+    assert (run.parent / "other" / "predictions-checkpoint-2-limit-2.jsonl").is_file()
     assert not (run / "metrics.json").exists(), "a checkpoint's results never pass for the final weights'"
     report_dir = run.parent / "benchmark-report"
+    assert report_dir.is_symlink() and report_dir.resolve().parent == run.parent / "benchmark-reports"
     text = (report_dir / "report.md").read_text()
     assert text.count("| smoke (base model) |") == 1 and "| runs/other@checkpoint-2 |" in text
     assert "![training loss](2-runs_smoke_checkpoint-2-loss.png)" in text
     assert len(list(report_dir.glob("*-boxes-*.png"))) == 6 and len(list(report_dir.glob("*-loss.png"))) == 2
-    assert f"report: {Path('runs') / 'benchmark-report' / 'report.md'}" in result.stdout.replace(
-        str(run.parent.parent) + "/", ""
-    )
+    shown = result.stdout.replace(str(run.parent.parent) + "/", "")
+    assert f"report: {report_dir.resolve().relative_to(run.parent.parent) / 'report.md'}" in shown
+    assert f"(the newest is also {Path('runs') / 'benchmark-report'})" in shown
+
+
+@pytest.mark.slow
+def test_a_limited_benchmark_leaves_the_full_results_alone(run: Path) -> None:
+    full = runner.invoke(app, ["benchmark", "runs/smoke", "--max-new-tokens", "4"])
+    assert full.exit_code == 0, full.output
+    before = {name: (run / name).read_bytes() for name in ("metrics.json", "predictions.jsonl")}
+    quick = runner.invoke(app, ["benchmark", "runs/smoke", "--limit", "2", "--max-new-tokens", "4"])
+    assert quick.exit_code == 0, quick.output
+    assert {name: (run / name).read_bytes() for name in before} == before
+    record = json.loads((run / "metrics-limit-2.json").read_text())
+    assert (record["samples"], record["limit"], record["predictions"]) == (2, 2, "predictions-limit-2.jsonl")
+    assert len((run / "predictions-limit-2.jsonl").read_text().splitlines()) == 2
+    assert "wrote " in quick.stderr and "metrics-limit-2.json" in quick.stderr
 
 
 @pytest.mark.slow

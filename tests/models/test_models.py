@@ -286,3 +286,18 @@ def test_loading_errors_name_the_model(cache_dir, tmp_path):
 def test_importing_the_modules_does_not_import_torch():
     code = "import sys, vlmtune_cli.models.loading, vlmtune_cli.models.families; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_mllama_refuses_inherited_pixel_bounds_until_they_are_unset(cache_dir, tmp_path):
+    from vlmtune_cli.config.recipe import load_recipe
+
+    repo = Path(__file__).resolve().parents[2]
+    child = tmp_path / "mllama.toml"
+    child.write_text(f'extends = "{repo / "recipes" / "smoke.toml"}"\n[model]\nname = "builtin:tiny-mllama"\n')
+    inherited = load_recipe(child, environ={})
+    with pytest.raises(UsageError, match="need a processor that resizes by pixel area") as caught:
+        load_processor(inherited.model, inherited.data, cache_dir)
+    assert "--unset data.min_pixels" in (caught.value.hint or "")
+    dropped = load_recipe(child, environ={}, unset=["data.min_pixels", "data.max_pixels"])
+    processor = load_processor(dropped.model, dropped.data, cache_dir)
+    assert type(processor).__name__ == "MllamaProcessor"

@@ -204,3 +204,42 @@ def test_unknown_training_extra_key_is_named(workspace: Path) -> None:
     )
     assert result.exit_code == 2
     assert "training.extra.warmup_ratoi: not an SFTConfig/TrainingArguments field" in result.stderr
+
+
+def test_quickstart_command_succeeds_when_repeated(workspace: Path) -> None:
+    """scripts/smoke.sh's command, run twice as a new user would (small, so the test stays cheap)."""
+    import shlex
+
+    script = (RECIPES.parent / "scripts" / "smoke.sh").read_text()
+    command = shlex.split(next(line for line in script.splitlines() if line.startswith("exec ")))
+    assert command[:2] == ["exec", ".venv/bin/vlmtune"] and command[-1] == "$@"
+    tiny = ("data.num_samples=8", "data.max_samples=8", "training.max_steps=1", "training.eval_steps=100")
+    small = [a for s in tiny for a in ("--set", s)]
+    argv = [str(RECIPES.parent / a) if a.endswith(".toml") else a for a in command[2:-1]] + small
+    for attempt in (1, 2):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 0, f"attempt {attempt}: {result.output}"
+        assert (workspace / "runs" / "smoke" / "final" / "COMPLETE").is_file()
+
+
+def test_files_follow_the_umask(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights, markers, the built-in model and the tokenised cache are as readable as the umask allows: safetensors
+    and mkstemp/mkdtemp would make them 0600/0700, hiding a run from the others sharing a project folder."""
+    import os
+    import stat
+
+    monkeypatch.setenv("VLMTUNE_CACHE_DIR", str(workspace / "own-cache"))  # built here, under this umask
+    previous = os.umask(0o027)
+    try:
+        train("data.num_samples=8", "data.max_samples=8", "training.max_steps=1", "training.save_steps=1")
+    finally:
+        os.umask(previous)
+    modes = {}
+    for root in (workspace / "runs" / "smoke", workspace / "own-cache"):
+        for path in (root, *root.rglob("*")):
+            if not path.is_symlink() and not path.name.endswith(".lock"):
+                modes[path.relative_to(workspace)] = stat.S_IMODE(path.stat().st_mode)
+    expected = {path: 0o750 if (workspace / path).is_dir() else 0o640 for path in modes}
+    assert modes == expected
+    names = {path.name for path in modes}
+    assert {"adapter_model.safetensors", "model.safetensors", "COMPLETE", "recipe.toml", "summary.json"} <= names

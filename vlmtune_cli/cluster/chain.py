@@ -41,10 +41,22 @@ from vlmtune_cli.runs import RunDir, prepare_run_dir, run_dir_for
 
 
 def plan(recipe: Recipe, total_jobs: int | None) -> Recipe:
-    """The chain's effective recipe: `chain.total_jobs` = N, `training.epochs` = N × epochs_per_job."""
+    """The chain's effective recipe: `chain.total_jobs` = N, `training.epochs` = N × epochs_per_job.
+
+    Raises UsageError for fewer than one job, or a recipe that sets `training.max_steps`.
+    """
     jobs = recipe.chain.total_jobs if total_jobs is None else total_jobs
     if jobs < 1:
         raise UsageError(f"a chain needs at least one job (got {jobs})", hint="pass --chain 1 or more")
+    if recipe.training.max_steps is not None:
+        # Links stop at epoch boundaries: a step budget would end the run inside some link and leave the later
+        # ones nothing to train, while the chain's records count epochs that were never trained.
+        raise UsageError(
+            f"training.max_steps = {recipe.training.max_steps} cannot be combined with a chain, which plans in epochs "
+            f"({jobs} jobs × chain.epochs_per_job = {recipe.chain.epochs_per_job})",
+            hint='drop it for the chain (`--unset training.max_steps`, or `unset = ["training.max_steps"]` in the '
+            "recipe), or train a step budget with `vlmtune train`",
+        )
     data = recipe.model_dump(mode="json")
     data["chain"]["total_jobs"] = jobs
     data["training"]["epochs"] = jobs * recipe.chain.epochs_per_job
@@ -136,7 +148,7 @@ def submit_chain(
                 hint="`vlmtune chain status` / `vlmtune chain resume` for that one, or give this recipe its own "
                 "`variant`",
             )
-    prepare_run_dir(run, recipe, overwrite=False)
+    prepare_run_dir(run, recipe, overwrite=False, start_over=f"delete {run.path}")
     manifest = new_manifest(recipe, run, "slurm", recipe_path, argv, _flags_dict(flags))
     write_manifest(run.path, manifest)
     specs = link_specs(recipe, settings, argv)
@@ -237,6 +249,6 @@ def run_chain_locally(
                 f"{run.path} holds a chain of a different recipe or length", hint="give this recipe its own `variant`"
             )
     else:
-        prepare_run_dir(run, recipe, overwrite=False)
+        prepare_run_dir(run, recipe, overwrite=False, start_over=f"delete {run.path}")
         write_manifest(run.path, new_manifest(recipe, run, "local", recipe_path, argv))
     return [run_link(spec) for spec in link_specs(recipe, settings, argv)]

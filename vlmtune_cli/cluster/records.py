@@ -161,10 +161,18 @@ def write_link_record(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def trained_epochs(run: RunDir, total_epochs: int) -> tuple[float, Path | None]:
-    """Epochs the run directory shows trained (final/ → all) and its newest complete checkpoint."""
+    """Epochs the run directory shows trained and its newest complete checkpoint.
+
+    A finished run counts what its last `train` recorded (summary.json), not the plan: a run that ended early
+    (a step budget) must not be reported as every planned epoch trained.
+    """
     checkpoint = run.latest_checkpoint()
     if run.is_finished():
-        return float(total_epochs), checkpoint
+        try:
+            epoch = json.loads(run.summary_file.read_text()).get("epoch")
+        except (OSError, ValueError, AttributeError):
+            epoch = None
+        return (float(epoch) if isinstance(epoch, (int, float)) else float(total_epochs)), checkpoint
     if checkpoint is None:
         return 0.0, None
     try:

@@ -22,7 +22,6 @@ venv of this checkout), one process per task; its log is `<run_dir>/slurm/<job i
 from __future__ import annotations
 
 import math
-import re
 import shlex
 import shutil
 import sys
@@ -32,9 +31,8 @@ from typing import Any
 
 from vlmtune_cli.config.schema import Recipe, SlurmSection
 from vlmtune_cli.config.settings import Settings
+from vlmtune_cli.config.slurm_time import slurm_time_seconds
 from vlmtune_cli.errors import UsageError
-
-_TIME_RE = re.compile(r"^(?:(?P<days>\d+)-)?(?P<rest>\d+(?::\d{1,2}){0,2})$")
 
 
 @dataclass(frozen=True)
@@ -48,26 +46,14 @@ class SlurmFlags:
 
 
 def time_to_seconds(text: str) -> int:
-    """A SLURM time limit in seconds: `M`, `M:S`, `H:M:S`, `D-H`, `D-H:M`, `D-H:M:S` (as sbatch reads them).
+    """A SLURM time limit in seconds (`config.slurm_time`: the parser the recipe schema uses too).
 
-    Raises UsageError for anything else.
+    Raises UsageError for anything that is not a SLURM time limit.
     """
-    match = _TIME_RE.match(text.strip())
-    if not match or (match.group("days") is None and text.count(":") > 2):
-        raise UsageError(f"{text!r} is not a SLURM time limit", hint="write HH:MM:SS or D-HH:MM:SS, e.g. 04:00:00")
-    parts = [int(p) for p in match.group("rest").split(":")]
-    if match.group("days") is not None:
-        hours, minutes, seconds = (parts + [0, 0])[:3]
-        total = int(match.group("days")) * 86400 + hours * 3600 + minutes * 60 + seconds
-    elif len(parts) == 1:
-        total = parts[0] * 60
-    elif len(parts) == 2:
-        total = parts[0] * 60 + parts[1]
-    else:
-        total = parts[0] * 3600 + parts[1] * 60 + parts[2]
-    if total <= 0:
-        raise UsageError(f"{text!r}: a time limit must be positive")
-    return total
+    try:
+        return slurm_time_seconds(text)
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="write HH:MM:SS or D-HH:MM:SS, e.g. 04:00:00") from None
 
 
 def sbatch_parameters(

@@ -10,7 +10,7 @@ import typer
 RecipeArg = Annotated[
     Path | None,
     typer.Argument(
-        help="Recipe TOML file. Omit it to use `default_recipe` from vlmtune.toml / [tool.vlmtune].",
+        help="Recipe TOML file. Omit it to use `default_recipe` from vlmtune.toml / \\[tool.vlmtune].",
         show_default=False,
     ),
 ]
@@ -20,6 +20,16 @@ OverrideOpt = Annotated[
         "--set",
         metavar="KEY=VALUE",
         help="Override a recipe key, e.g. --set training.lr=5e-5 (value parsed as TOML). Repeatable.",
+        show_default=False,
+    ),
+]
+UnsetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--unset",
+        metavar="KEY",
+        help="Drop a key the recipe or its parents set, back to its default, e.g. --unset training.max_steps. "
+        "Repeatable; --set wins over it.",
         show_default=False,
     ),
 ]

@@ -3,8 +3,10 @@
 
 Evaluate what training produced: generate answers for a split (greedy, batched), parse them per model family,
 score them (`[benchmark] task`: detection or vqa) and write predictions.jsonl and metrics.json into the run
-directory. Several runs (or a run and --base) give one comparison table and
-<runs_dir>/benchmark-report/report.md with loss curves and images with predicted (red) and true (green) boxes.
+directory (`--limit N`: into metrics-limit-N.json and predictions-limit-N.jsonl, so a quick look never
+replaces the full results). Several runs (or a run and --base) give one comparison table and a report.md with
+loss curves and images with predicted (red) and true (green) boxes, in a folder of its own under
+<runs_dir>/benchmark-reports/; <runs_dir>/benchmark-report links to the newest.
 
     vlmtune benchmark                                    # the most recent finished run in runs_dir
     vlmtune benchmark runs/v1 runs/v2                    # both runs, then one comparison table
@@ -87,7 +89,7 @@ def benchmark(
         runs = [settings.runs_dir / load_recipe(recipe).variant]
     if not runs and not base:
         runs = [benchmark.latest_run(settings.runs_dir)]
-        err_console.print(f"benchmarking the most recent run: {runs[0]}", highlight=False)
+        err_console.print(f"benchmarking the most recent run: {runs[0]}", highlight=False, markup=False)
     targets += [benchmark.run_target(path, checkpoint) for path in runs or []]
 
     options = benchmark.BenchmarkOptions(split=split, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens)
@@ -96,19 +98,28 @@ def benchmark(
         with _GenerationBar(target.name) as bar:
             result = benchmark.benchmark(target, settings.cache_dir, options, on_start=bar.start, on_batch=bar.advance)
         err_console.print(
-            f"wrote {result.target.metrics_file} and {result.target.predictions_file.name}", highlight=False
+            f"wrote {result.target.metrics_file} and {result.target.predictions_file.name}",
+            highlight=False,
+            markup=False,
         )
         results.append(result)
 
     from vlmtune_cli.eval import report
 
-    report_path = report.write_report(results, settings.runs_dir / report.REPORT_DIR) if len(results) > 1 else None
+    report_path = None
+    if len(results) > 1:
+        report_path = report.write_report(results, report.new_report_dir(settings.runs_dir, results))
+        report.link_latest(settings.runs_dir, report_path.parent)
     if json_output:
         typer.echo(report.as_json(results, report_path))
         return
     console.print(report.table(results))
     if report_path is not None:
-        console.print(f"report: {report_path}", highlight=False)
+        console.print(
+            f"report: {report_path} (the newest is also {settings.runs_dir / report.REPORT_DIR})",
+            highlight=False,
+            markup=False,
+        )
 
 
 class _GenerationBar:
@@ -134,7 +145,9 @@ class _GenerationBar:
             transient=True,
         )
         self.progress.start()
-        self.task = self.progress.add_task(self.name, total=total)
+        from rich.markup import escape
+
+        self.task = self.progress.add_task(escape(self.name), total=total)  # a run's path is text, not markup
 
     def advance(self, done: int) -> None:
         if self.progress is not None and self.task is not None:

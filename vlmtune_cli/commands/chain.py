@@ -19,9 +19,10 @@ from typing import Annotated
 
 import typer
 
-from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg
+from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg, UnsetOpt
 from vlmtune_cli.config.settings import load_settings
-from vlmtune_cli.console import console
+from vlmtune_cli.config.slurm_time import describe
+from vlmtune_cli.console import console, err_console
 from vlmtune_cli.errors import UsageError
 
 app = typer.Typer(help="Follow, resume, cancel a job chain, or run one here without SLURM.", no_args_is_help=True)
@@ -66,25 +67,30 @@ def status(run_dir: RunDirArg = None, as_json: JsonOpt = False) -> None:
         return
     from rich.table import Table
 
-    table = Table(title=line, title_justify="left")
+    table = Table(title=escape(line), title_justify="left")
     for column in ("link", "job id", "state", "epochs", "last checkpoint", "log"):
         table.add_column(column)
     for r in rows:
         table.add_row(
-            str(r.link),
-            r.job_id or "-",
-            r.state,
-            r.epochs or "-",
-            Path(r.checkpoint).name if r.checkpoint else "-",
-            r.log or "-",
+            *(
+                escape(text)
+                for text in (
+                    str(r.link),
+                    r.job_id or "-",
+                    r.state,
+                    r.epochs or "-",
+                    Path(r.checkpoint).name if r.checkpoint else "-",
+                    r.log or "-",
+                )
+            )
         )
     console.print(table)
     if benchmark and "metrics" in benchmark:
-        console.print(f"benchmark of final/: {benchmark['metrics']}", highlight=False)
+        console.print(f"benchmark of final/: {benchmark['metrics']}", highlight=False, markup=False)
     elif benchmark:
         console.print(
             f"[red]benchmark of final/ failed:[/red] {escape(benchmark['error'])} "
-            f"(repeat it with `vlmtune benchmark {path}`)"
+            f"(repeat it with `vlmtune benchmark {escape(str(path))}`)"
         )
 
 
@@ -104,13 +110,14 @@ def resume(
 
     if time_limit is not None:
         time_to_seconds(time_limit)
+        err_console.print(f"time limit per job: {describe(time_limit)}", markup=False)
     settings = load_settings()
     path = resolve_run_dir(run_dir, settings)
     job_ids = resume_chain(path, settings, SlurmFlags(partition=partition, time=time_limit), sys.argv)
     if not job_ids:
-        console.print(f"nothing to resume: every link of {path} is trained", highlight=False)
+        console.print(f"nothing to resume: every link of {path} is trained", highlight=False, markup=False)
     else:
-        console.print(f"resubmitted {len(job_ids)} links: jobs {', '.join(job_ids)}", highlight=False)
+        console.print(f"resubmitted {len(job_ids)} links: jobs {', '.join(job_ids)}", highlight=False, markup=False)
 
 
 @app.command("cancel")
@@ -120,7 +127,7 @@ def cancel(run_dir: RunDirArg = None) -> None:
 
     path = resolve_run_dir(run_dir, load_settings())
     ids = cancel_chain(path)
-    console.print(f"cancelled jobs {', '.join(ids)}" if ids else "nothing to cancel", highlight=False)
+    console.print(f"cancelled jobs {', '.join(ids)}" if ids else "nothing to cancel", highlight=False, markup=False)
 
 
 @app.command("run")
@@ -130,6 +137,7 @@ def run(
         int | None, typer.Option("--jobs", help="Number of links (default: chain.total_jobs).", show_default=False)
     ] = None,
     overrides: OverrideOpt = None,
+    unset: UnsetOpt = None,
 ) -> None:
     """Run a chain's links one after another on this machine, without SLURM."""
     from vlmtune_cli.cluster.chain import plan, run_chain_locally
@@ -140,8 +148,10 @@ def run(
         raise UsageError(f"--jobs {jobs}: a chain needs at least one job")
     settings = load_settings()
     path = resolve_recipe_path(recipe, settings)
-    effective = plan(load_recipe(path, overrides or []), jobs)
+    effective = plan(load_recipe(path, overrides or [], unset=unset or []), jobs)
     outcomes = run_chain_locally(effective, path, settings, sys.argv)
     console.print(
-        f"ran {effective.variant}: {len(outcomes)} links, {effective.training.epochs} epochs", highlight=False
+        f"ran {effective.variant}: {len(outcomes)} links, {effective.training.epochs} epochs",
+        highlight=False,
+        markup=False,
     )

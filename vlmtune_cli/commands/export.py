@@ -56,15 +56,23 @@ def export(
     target = export.run_weights(export.find_run(run, settings.runs_dir), checkpoint, "export")
     out = out if out is not None else export.default_out(target, merge)
     export.check_out(out, force, target)  # fail before loading any weights
-    err_console.print(f"exporting {target.name} ({target.checkpoint}) to {out}", highlight=False)
+    err_console.print(f"exporting {target.name} ({target.checkpoint}) to {out}", highlight=False, markup=False)
     result = export.export(target, settings.cache_dir, out, merge=merge, force=force)
     if json_output:
         typer.echo(json.dumps(result.as_dict(), indent=2))
         return
     what = {"merged": "merged model", "adapter": "LoRA adapter", "full": "fully fine-tuned model"}[result.kind]
-    console.print(f"exported the {what} of {target.name} ({result.checkpoint}) → {result.out}", highlight=False)
+    console.print(
+        f"exported the {what} of {target.name} ({result.checkpoint}) → {result.out}", highlight=False, markup=False
+    )
     if result.kind == "full" and merge:
-        console.print("(a full fine-tune has no adapter: --merge changed nothing)", highlight=False)
+        console.print("(a full fine-tune has no adapter: --merge changed nothing)", highlight=False, markup=False)
     if result.kind == "adapter":
-        console.print(f"base model: {result.base_model}; merge it with --merge for a standalone model", highlight=False)
-    console.print(f"load it: AutoModelForImageTextToText.from_pretrained({str(result.out)!r})", highlight=False)
+        console.print(
+            f"base model: {result.base_model}; merge it with --merge for a standalone model",
+            highlight=False,
+            markup=False,
+        )
+    console.print(
+        f"load it: AutoModelForImageTextToText.from_pretrained({str(result.out)!r})", highlight=False, markup=False
+    )

@@ -78,7 +78,9 @@ def predict(
     result = predict.predict(target, settings.cache_dir, images, prompt=prompt, out=out, max_new_tokens=max_new_tokens)
     if result.prompt_source != "--prompt":
         err_console.print(
-            f"prompt {result.prompt!r} (from the {result.prompt_source}; --prompt to change it)", highlight=False
+            f"prompt {result.prompt!r} (from the {result.prompt_source}; --prompt to change it)",
+            highlight=False,
+            markup=False,
         )
     if json_output:
         typer.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
@@ -102,4 +104,4 @@ def predict(
             boxes += f"\n[yellow]({escape(str(p.reason))})[/]"
         view.add_row(escape(str(p.image)), escape(p.output), boxes)
     console.print(view)
-    console.print(f"images with boxes: {result.out}", highlight=False)
+    console.print(f"images with boxes: {result.out}", highlight=False, markup=False)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from vlmtune_cli.commands._options import JsonOpt
 from vlmtune_cli.config.catalog import find_recipe, list_recipes, new_recipe_text
@@ -52,7 +53,17 @@ def list_(as_json: JsonOpt = False) -> None:
 
     table = Table("name", "variant", "model", "description", caption="--json shows each file's path")
     for r in found:
-        table.add_row(r.path.stem + (" (shipped)" if r.origin == "shipped" else ""), r.variant, r.model, r.description)
+        table.add_row(
+            *(
+                escape(t)
+                for t in (
+                    r.path.stem + (" (shipped)" if r.origin == "shipped" else ""),
+                    r.variant,
+                    r.model,
+                    r.description,
+                )
+            )
+        )
     console.print(table)
 
 
@@ -76,7 +87,9 @@ def new(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new_recipe_text(path, source), encoding="utf-8")
     load_recipe(path, environ={})  # the new file must load as it is
-    console.print(f"created {path} (extends {source}); edit it, then: vlmtune train {path}", highlight=False)
+    console.print(
+        f"created {path} (extends {source}); edit it, then: vlmtune train {path}", highlight=False, markup=False
+    )
 
 
 @app.command()
@@ -89,11 +102,11 @@ def diff(a: NameArg, b: NameArg, as_json: JsonOpt = False) -> None:
         typer.echo(json.dumps({key: {"a": va, "b": vb} for key, (va, vb) in changed.items()}, indent=2))
         return
     if not changed:
-        console.print(f"{path_a} and {path_b} resolve to the same recipe", highlight=False)
+        console.print(f"{path_a} and {path_b} resolve to the same recipe", highlight=False, markup=False)
         return
     from rich.table import Table
 
-    table = Table("key", str(path_a), str(path_b))
+    table = Table("key", escape(str(path_a)), escape(str(path_b)))
     for key, (va, vb) in changed.items():
-        table.add_row(key, json.dumps(va), json.dumps(vb))
+        table.add_row(escape(key), escape(json.dumps(va)), escape(json.dumps(vb)))
     console.print(table)

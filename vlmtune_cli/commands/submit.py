@@ -18,10 +18,11 @@ from typing import Annotated
 
 import typer
 
-from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg
+from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg, UnsetOpt
 from vlmtune_cli.config.recipe import load_recipe
 from vlmtune_cli.config.settings import load_settings, resolve_recipe_path
-from vlmtune_cli.console import console
+from vlmtune_cli.config.slurm_time import describe
+from vlmtune_cli.console import console, err_console
 from vlmtune_cli.errors import UsageError
 
 
@@ -31,9 +32,16 @@ def submit(
         int | None, typer.Option("--chain", help="Number of jobs (default: chain.total_jobs).", show_default=False)
     ] = None,
     overrides: OverrideOpt = None,
+    unset: UnsetOpt = None,
     partition: Annotated[str | None, typer.Option("--partition", help="SLURM partition.", show_default=False)] = None,
     time_limit: Annotated[
-        str | None, typer.Option("--time", metavar="HH:MM:SS", help="Time limit of each job.", show_default=False)
+        str | None,
+        typer.Option(
+            "--time",
+            metavar="HH:MM:SS",
+            help="Time limit of each job, as sbatch reads it (2:00 is two minutes; the reading is printed).",
+            show_default=False,
+        ),
     ] = None,
     nodes: Annotated[int | None, typer.Option("--nodes", help="Nodes per job.", show_default=False)] = None,
     gpus_per_node: Annotated[
@@ -56,7 +64,9 @@ def submit(
     flags = SlurmFlags(partition=partition, time=time_limit, nodes=nodes, gpus_per_node=gpus_per_node)
     settings = load_settings()
     path = resolve_recipe_path(recipe, settings)
-    effective = chains.plan(load_recipe(path, overrides or []), chain)
+    effective = chains.plan(load_recipe(path, overrides or [], unset=unset or []), chain)
+    # `2:00` is two minutes to SLURM: say how the limit was read before anything is submitted.
+    err_console.print(f"time limit per job: {describe(time_limit or effective.slurm.time)}", markup=False)
     if dry_run:
         from vlmtune_cli.runs import run_dir_for
 
@@ -95,4 +105,5 @@ def submit(
         f"{manifest['total_epochs']} epochs → run directory {manifest['run_dir']}\n"
         f"follow it with `vlmtune chain status {manifest['run_dir']}`",
         highlight=False,
+        markup=False,
     )

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg
+from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg, UnsetOpt
 from vlmtune_cli.config.recipe import load_recipe
 from vlmtune_cli.config.settings import load_settings, resolve_recipe_path
 from vlmtune_cli.console import console
@@ -27,6 +27,7 @@ from vlmtune_cli.console import console
 def tokenize(
     recipe: RecipeArg = None,
     overrides: OverrideOpt = None,
+    unset: UnsetOpt = None,
     show: Annotated[
         int,
         typer.Option(
@@ -44,7 +45,7 @@ def tokenize(
 ) -> None:
     """Tokenise a recipe's dataset into the cache and print token statistics (a cache hit loads no model library)."""
     settings = load_settings()
-    resolved = load_recipe(resolve_recipe_path(recipe, settings), overrides or [])
+    resolved = load_recipe(resolve_recipe_path(recipe, settings), overrides or [], unset=unset or [])
     from vlmtune_cli.encode.build import read_rows, tokenize_recipe
     from vlmtune_cli.encode.packing import tokenize_report
     from vlmtune_cli.encode.stats import sample_segments
@@ -97,11 +98,14 @@ def _print(result: Any, samples: list[dict[str, Any]]) -> None:
     counts = ", ".join(f"{name} {s['samples']:,}" for name, s in result.stats["splits"].items())
     how = "cache hit" if result.hit else "built"
     console.print(
-        f"tokenized {result.stats['source']} ({counts}) → {result.path} [bold]{how}[/] in {result.seconds:.2f} s",
+        f"tokenized {escape(str(result.stats['source']))} ({escape(counts)}) → {escape(str(result.path))} "
+        f"[bold]{how}[/] in {result.seconds:.2f} s",
         highlight=False,
     )
     if result.miss_reason:
-        console.print(f"[dim]changed since the last entry of this source: {result.miss_reason}[/]", highlight=False)
+        console.print(
+            f"[dim]changed since the last entry of this source: {escape(result.miss_reason)}[/]", highlight=False
+        )
     print_stats(console, result.stats)
     for report in result.reports():
         if (drops := report.describe_drops()) is not None:
@@ -113,4 +117,4 @@ def _print(result: Any, samples: list[dict[str, Any]]) -> None:
         console.print(legend(colour))
         for sample in samples:
             title = f"{sample['split']} · {sample['id']} · {sample['length']} tokens"
-            console.print(render_sample(title, sample["segments"], colour), end="", highlight=False)
+            console.print(render_sample(title, sample["segments"], colour), end="", highlight=False, markup=False)

@@ -1,4 +1,4 @@
-"""vlmtune train [RECIPE] [--set KEY=VALUE ...] [--dry-run] [--resume] [--overwrite] [--json]
+"""vlmtune train [RECIPE] [--set KEY=VALUE ...] [--unset KEY ...] [--dry-run] [--resume] [--overwrite] [--json]
 
 Train a recipe on this machine. Outputs go to `<runs_dir>/<variant>/`; a run directory that holds a
 complete checkpoint of the same recipe is resumed from it automatically. SIGTERM or Ctrl-C saves a
@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg
+from vlmtune_cli.commands._options import JsonOpt, OverrideOpt, RecipeArg, UnsetOpt
 from vlmtune_cli.config.recipe import dump_recipe, load_recipe
 from vlmtune_cli.config.settings import load_settings, resolve_recipe_path
 from vlmtune_cli.console import console, err_console
@@ -30,6 +31,7 @@ from vlmtune_cli.console import console, err_console
 def train(
     recipe: RecipeArg = None,
     overrides: OverrideOpt = None,
+    unset: UnsetOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe as TOML and exit.")] = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Require a checkpoint to resume from (it is used anyway when present).")
@@ -42,7 +44,7 @@ def train(
     """Train a recipe here (resumes automatically from the run's newest complete checkpoint)."""
     settings = load_settings()
     path = resolve_recipe_path(recipe, settings)
-    resolved = load_recipe(path, overrides or [])
+    resolved = load_recipe(path, overrides or [], unset=unset or [])
     if dry_run:
         typer.echo(dump_recipe(resolved), nl=False)
         return
@@ -67,7 +69,12 @@ def train(
     if received and not result.finished:
         err_console.print(
             f"[yellow]stopped by {received[0].name} at step {result.global_step}; a checkpoint is saved in "
-            f"{result.run_dir}.[/] Resume with: vlmtune train {path}" + "".join(f" --set {o}" for o in overrides or []),
+            f"{escape(str(result.run_dir))}.[/] Resume with: "
+            + escape(
+                f"vlmtune train {path}"
+                + "".join(f" --unset {u}" for u in unset or [])
+                + "".join(f" --set {o}" for o in overrides or [])
+            ),
             highlight=False,
         )
         raise typer.Exit(128 + received[0].value)
@@ -78,6 +85,7 @@ def train(
         f"trained {resolved.variant}: {result.global_step} steps, final loss {loss}, "
         f"{result.seconds:.0f} s → run directory {result.run_dir}",
         highlight=False,
+        markup=False,
     )
 
 

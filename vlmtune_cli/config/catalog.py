@@ -23,7 +23,9 @@ _COMMON_KEYS = """\
 # name = "Qwen/Qwen2-VL-7B-Instruct"
 #
 # [data]
-# source = "data/train.jsonl"      # or builtin:..., a dataset folder, a hub id, path/to/file.py:function
+# source = "DATA_EXAMPLE"
+#   a path is relative to THIS file's folder (that one is ./data/train.jsonl where you ran `recipes new`);
+#   or builtin:..., a dataset folder, a hub id, path/to/file.py:function
 # max_samples = 100
 # max_pixels = 200704              # 256 visual tokens per image
 #
@@ -78,7 +80,7 @@ def list_recipes(settings: Settings) -> list[RecipeFile]:
     for directory, origin in recipe_dirs(settings):
         for path in sorted(directory.glob("*.toml")):
             try:
-                recipe = load_recipe(path, environ={})
+                recipe = load_recipe(path, environ={}, quiet=True)
                 variant, model = recipe.variant, recipe.model.name
             except UsageError:
                 variant, model = "?", "?"
@@ -118,7 +120,8 @@ def header_description(path: Path) -> str:
 
 def new_recipe_text(path: Path, parent: Path) -> str:
     """A new recipe that extends `parent`, with the commonly changed keys commented in."""
-    relative = os.path.relpath(parent.resolve(), path.resolve().parent)
+    folder = path.resolve().parent
+    relative = os.path.relpath(parent.resolve(), folder)
     if relative.startswith(os.path.join("..", "..")):  # far outside the new file's folder: say where, plainly
         relative = str(parent.resolve())
     return (
@@ -127,7 +130,9 @@ def new_recipe_text(path: Path, parent: Path) -> str:
         f'extends = "{relative}"\n'
         f'variant = "{path.stem}"\n'
         f'description = ""\n\n'
-        f"{_COMMON_KEYS}"
+        + _COMMON_KEYS.replace(
+            "DATA_EXAMPLE", Path(os.path.relpath(Path.cwd() / "data" / "train.jsonl", folder)).as_posix()
+        )
     )
 
 

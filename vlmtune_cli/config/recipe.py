@@ -2,9 +2,12 @@
 
 Layers, lowest precedence first:
   1. the parents named by `extends` (each relative to the file that names it), deep-merged;
-  2. the recipe file itself;
+  2. the recipe file itself; its `unset = ["table.key", ...]` first drops keys its parents set;
   3. `VLMTUNE_<TABLE>__<KEY>` environment variables (e.g. `VLMTUNE_TRAINING__LR=5e-5`);
-  4. `--set table.key=value` flags, in the order given.
+  4. `--unset table.key` flags (drop a key whatever layer set it), then `--set table.key=value` flags, in order.
+A dropped key takes the schema's default (`training.max_steps` → none, `data.min_pixels` → the processor's).
+Relative paths (`data.source`, a local `model.name`) are relative to the file that wrote them, or to the current
+directory for layers 3 and 4, and made absolute here (paths.py).
 Values from layers 3 and 4 are parsed as TOML (`5e-5`, `true`, `["a", "b"]`); a value that is not valid
 TOML is taken as a bare string, so `--set model.name=Qwen/Qwen2-VL-7B-Instruct` needs no quotes.
 
@@ -14,6 +17,7 @@ Imports nothing heavy: `vlmtune train --dry-run` and recipe tests never load tor
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import os
 import tomllib
@@ -24,7 +28,9 @@ from typing import Any
 import tomli_w
 from pydantic import BaseModel, ValidationError
 
+from vlmtune_cli.config.paths import resolve_paths
 from vlmtune_cli.config.schema import TABLES, Recipe
+from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import RecipeError
 
 ENV_PREFIX = "VLMTUNE_"
@@ -35,8 +41,11 @@ def load_recipe(
     path: str | Path,
     overrides: list[str] | tuple[str, ...] = (),
     environ: Mapping[str, str] | None = None,
+    *,
+    unset: list[str] | tuple[str, ...] = (),
+    quiet: bool = False,
 ) -> Recipe:
-    """Read, merge, override and validate a recipe.
+    """Read, merge, override and validate a recipe; `quiet` leaves out the notes about old-style paths.
 
     Raises RecipeError naming the file and dotted key for anything malformed or invalid.
     """
@@ -44,9 +53,14 @@ def load_recipe(
     data, origins = _read_with_parents(path, chain=())
     for variable, key, raw in _recipe_env_vars(os.environ if environ is None else environ):
         _set_dotted(data, origins, key, raw, origin=variable)
+    for key in unset:
+        _unset_dotted(data, origins, key.strip(), origin="--unset")
     for item in overrides:
         key, raw = _split_override(item)
         _set_dotted(data, origins, key, raw, origin=f"--set {item}")
+    for note in resolve_paths(data, origins, Path.cwd()):
+        if not quiet:
+            err_console.print(f"note: {note}", highlight=False, markup=False)
     return validate(data, origins, default_origin=str(path))
 
 
@@ -78,11 +92,16 @@ def recipe_diff(a: Recipe, b: Recipe) -> dict[str, tuple[Any, Any]]:
 
 
 def parse_value(raw: str) -> Any:
-    """A `--set`/environment value as TOML; a bare string when it is not valid TOML."""
+    """A `--set`/environment value as TOML; a bare string when it is not valid TOML.
+
+    TOML reads `02:00:00` as a time of day and `2026-01-01` as a date; no recipe key holds either, so such a
+    value stays the string the user typed (`--set slurm.time=02:00:00` is a time limit, not 2 a.m.).
+    """
     try:
-        return tomllib.loads(f"v = {raw}")["v"]
+        value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
+    return raw if isinstance(value, (datetime.date, datetime.time)) else value
 
 
 # --- reading and merging -------------------------------------------------------------------------
@@ -95,6 +114,9 @@ def _read_with_parents(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, A
         raise RecipeError(f"{path}: `extends` forms a cycle: {cycle}")
     data = _read_toml(path, named_by=chain[-1] if chain else None)
     parent = data.pop("extends", None)
+    dropped = data.pop("unset", [])
+    if not isinstance(dropped, list) or not all(isinstance(k, str) for k in dropped):
+        raise RecipeError(f'{path}: unset: must be a list of dotted keys, e.g. unset = ["training.max_steps"]')
     own = data
     merged: dict[str, Any] = {}
     origins: Origins = {}
@@ -102,6 +124,8 @@ def _read_with_parents(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, A
         if not isinstance(parent, str):
             raise RecipeError(f"{path}: extends: must be a file name (a string), not {parent!r}")
         merged, origins = _read_with_parents(path.parent / parent, (*chain, resolved))
+    for key in dropped:
+        _unset_dotted(merged, origins, key, origin=f"{path}: unset")
     _deep_merge(merged, origins, own, origin=str(path))
     return merged, origins
 
@@ -171,6 +195,37 @@ def _set_dotted(data: dict[str, Any], origins: Origins, key: str, raw: str, orig
     origins[parts] = origin
 
 
+def _unset_dotted(data: dict[str, Any], origins: Origins, key: str, origin: str) -> None:
+    """Drop `key` (and what lies under it) so the schema's default applies; RecipeError for an unknown key."""
+    parts = tuple(key.split("."))
+    if any(not p for p in parts) or not _is_recipe_key(parts):
+        suggestion = _closest_key(parts) if all(parts) else None
+        hint = f"; did you mean {suggestion}?" if suggestion else ""
+        raise RecipeError(f"{origin}: {key}: not a recipe key{hint}")
+    node: Any = data
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(parts[-1], None)
+    for dotted in [d for d in origins if d[: len(parts)] == parts]:
+        del origins[dotted]
+
+
+def _is_recipe_key(parts: tuple[str, ...]) -> bool:
+    """A key of the schema (`training.max_steps`), or one inside a free-form table (`data.options.colour`)."""
+    model: type[BaseModel] = Recipe
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+            continue
+        return i == len(parts) - 1 or "dict" in str(annotation)
+    return True
+
+
 # --- error messages ------------------------------------------------------------------------------
 
 
@@ -195,8 +250,29 @@ def _origin_of(loc: tuple[str, ...], origins: Origins, default: str) -> str:
     return default
 
 
+# Names from transformers' TrainingArguments / PEFT's LoraConfig that users bring along, and where they live here.
+UPSTREAM_NAMES = {
+    "learning_rate": "training.lr",
+    "num_train_epochs": "training.epochs",
+    "per_device_train_batch_size": "training.batch_size",
+    "per_device_eval_batch_size": "training.eval_batch_size",
+    "gradient_accumulation_steps": "training.grad_accum",
+    "lr_scheduler_type": "training.lr_scheduler",
+    "bf16": "training.precision",
+    "fp16": "training.precision",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "lora_r": "lora.r",
+    "model_name_or_path": "model.name",
+    "dataset_name": "data.source",
+    "max_seq_length": "data.max_length",
+}
+
+
 def _closest_key(loc: tuple[str, ...]) -> str | None:
     """For an unknown key, the nearest valid key at the same place (or anywhere, for a misplaced one)."""
+    if loc[-1] in UPSTREAM_NAMES:
+        return f"{UPSTREAM_NAMES[loc[-1]]} (`{loc[-1]}` upstream)"
     model: type[BaseModel] = Recipe
     for part in loc[:-1]:
         field = model.model_fields.get(part)

@@ -24,6 +24,8 @@ def render() -> str:
         "",
         *_table(Recipe, skip=TABLES),
         "| `extends` | — | Parent recipe file, relative to this one; deep-merged under this file's keys. |",
+        "| `unset` | — | Dotted keys the parents set that this recipe drops, back to their defaults "
+        '(`unset = ["training.max_steps", "data.min_pixels"]`); `--unset KEY` does the same on the command line. |',
     ]
     for table in TABLES:
         model = Recipe.model_fields[table].annotation

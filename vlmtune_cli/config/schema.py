@@ -9,10 +9,13 @@ This module imports nothing heavy: recipe validation and `--help` must never loa
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from vlmtune_cli.config.slurm_time import slurm_time_seconds
 
 # The tiny, randomly initialised models vlmtune builds itself (no download). Listed here so a recipe
 # naming an unknown one fails at validation, before anything heavy is imported.
@@ -22,7 +25,6 @@ BUILTIN_DATASETS = ("builtin:synthetic-detection", "builtin:synthetic-vqa")
 ComponentMode = Literal["frozen", "lora", "full"]
 
 _VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_SLURM_TIME_RE = re.compile(r"^(\d+-)?\d{1,2}:\d{2}(:\d{2})?$|^\d+$")
 
 
 class StrictModel(BaseModel):
@@ -31,7 +33,8 @@ class StrictModel(BaseModel):
 
 class ModelSection(StrictModel):
     name: str = "Qwen/Qwen2-VL-2B-Instruct"
-    """Hub id, local checkpoint directory, or a built-in tiny model such as `builtin:tiny-qwen2-vl`."""
+    """Hub id, local checkpoint directory, or a built-in tiny model such as `builtin:tiny-qwen2-vl`. A local
+    directory is found relative to the recipe file's folder (like `data.source`) and stored absolute."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) to load; ignored for local paths."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -57,7 +60,9 @@ class ModelSection(StrictModel):
 class DataSection(StrictModel):
     source: str = "builtin:synthetic-detection"
     """Where conversations come from: a built-in set (`builtin:synthetic-detection`, `builtin:synthetic-vqa`),
-    a `.jsonl` file, a folder `datasets` can load, a hub dataset id, or `path/to/file.py:function`."""
+    a `.jsonl` file, a folder `datasets` can load, a hub dataset id, or `path/to/file.py:function`. A relative
+    path is relative to the folder of the recipe file that sets it (like `extends`); in `--set` or
+    `VLMTUNE_DATA__SOURCE`, to the current directory. It is stored absolute in the resolved recipe."""
     num_samples: int = Field(200, ge=1)
     """Size of a built-in synthetic dataset (ignored by other sources)."""
     max_samples: int | None = Field(None, ge=1)
@@ -218,7 +223,8 @@ class SlurmSection(StrictModel):
     qos: str | None = None
     """SLURM quality of service."""
     time: str = "04:00:00"
-    """Time limit of one job, `[D-]HH:MM:SS`. A job reaching it checkpoints and requeues itself."""
+    """Time limit of one job as sbatch reads it: `HH:MM:SS`, `D-HH[:MM[:SS]]`, `M:S` or `M` (careful: `2:00` is two
+    minutes; `vlmtune submit` prints how it read the limit). A job reaching it checkpoints and requeues itself."""
     nodes: int = Field(1, ge=1)
     """Nodes per job."""
     gpus_per_node: int = Field(0, ge=0)
@@ -232,11 +238,13 @@ class SlurmSection(StrictModel):
     extra: dict[str, str | int | bool] = {}
     """Further sbatch parameters, passed to submitit's `slurm_additional_parameters`."""
 
-    @field_validator("time")
+    @field_validator("time", mode="before")
     @classmethod
-    def _time_format(cls, value: str) -> str:
-        if not _SLURM_TIME_RE.match(value):
-            raise ValueError(f"{value!r} is not a SLURM time limit; write HH:MM:SS or D-HH:MM:SS")
+    def _time_format(cls, value: Any) -> Any:
+        if isinstance(value, datetime.time):  # `time = 02:00:00` unquoted in TOML is a time of day
+            value = value.isoformat()
+        if isinstance(value, str):
+            slurm_time_seconds(value)  # the parser `--time` uses: both accept what sbatch accepts
         return value
 
 

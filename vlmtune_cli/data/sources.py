@@ -63,6 +63,7 @@ from vlmtune_cli.data import synthetic
 from vlmtune_cli.data.answers import BOXES_PART, prepare
 from vlmtune_cli.data.hub import load_hub
 from vlmtune_cli.data.images import open_image, upright
+from vlmtune_cli.data.plugin_config import DatasetConfig
 from vlmtune_cli.errors import UsageError
 from vlmtune_cli.models.boxes import processor_resized_size
 
@@ -109,6 +110,12 @@ def source_kind(source: str) -> str:
         return "folder"
     if _HUB_ID.match(source) and not source.endswith((".jsonl", ".json", ".parquet", ".py")):
         return "hub"
+    if path.is_absolute():  # a recipe's relative path, made absolute against the recipe's folder (config/paths.py)
+        raise UsageError(
+            f"data.source: {path} does not exist",
+            hint="a relative path in a recipe is relative to the recipe file's folder (in --set: to the current "
+            "directory)",
+        )
     raise UsageError(
         f"data.source {source!r} is not a file, folder, built-in dataset or hub id",
         hint=f"built-in datasets: {', '.join(BUILTIN_DATASETS)}",
@@ -121,8 +128,8 @@ def plugin_file(source: str) -> tuple[Path, str]:
     path = Path(file).expanduser().resolve()
     if not path.is_file():
         raise UsageError(
-            f"plugin file {file} does not exist",
-            hint="data.source = 'path/to/file.py:function', the path relative to where you run",
+            f"plugin file {path} does not exist",
+            hint="data.source = 'path/to/file.py:function', the path relative to the recipe file's folder",
         )
     return path, func_name
 
@@ -396,7 +403,7 @@ def _plugin_splits(data: DataSection, processor: Any) -> dict[str, Rows]:
     named, call = {}, f"{file}:{func_name}"
     for split in (data.train_split, data.test_split):
         try:
-            result = func(data, processor, split, data.split_ratio)
+            result = func(DatasetConfig(data), processor, split, data.split_ratio)
         except Exception as exc:
             raise UsageError(
                 f"plugin {call} failed for split {split!r}: {type(exc).__name__}: {exc}",

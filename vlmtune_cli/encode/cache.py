@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmtune_cli.config.schema import Recipe
-from vlmtune_cli.fsutil import exclusive_lock, replace_dir
+from vlmtune_cli.fsutil import exclusive_lock, replace_dir, respect_umask
 
 # Bump whenever vlmtune's encoding path (data.py's conversion of rows, labels.py, tokenized.py, the cache format)
 # changes what a cache entry holds: entries written by an older vlmtune then stop matching.
@@ -284,6 +284,7 @@ class _Digests:
             handle, tmp = tempfile.mkstemp(prefix=f".{self.FILE}.", dir=self.path.parent)
             with os.fdopen(handle, "w") as out:
                 json.dump(self.known, out)
+            respect_umask(Path(tmp))
             os.replace(tmp, self.path)
         except OSError:
             pass  # only a cache of digests: the next fingerprint hashes the files again

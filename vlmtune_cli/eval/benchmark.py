@@ -9,6 +9,9 @@ Where results go (`Target.metrics_file`):
   a run's final/            <run>/predictions.jsonl and <run>/metrics.json
   --checkpoint checkpoint-N <run>/predictions-checkpoint-N.jsonl and <run>/metrics-checkpoint-N.json
   --base (a recipe's base)  <runs_dir>/<variant>/predictions-base.jsonl and metrics-base.json
+  --limit N                 `-limit-N` added to either name (metrics-limit-2.json, metrics-base-limit-2.json):
+                            a quick look at a few samples never replaces the full results. A `benchmark.limit`
+                            set in the recipe is part of the benchmark's definition and writes the plain names.
 Both files are written atomically, predictions first: an interrupted benchmark leaves the previous pair (or
 none), never a metrics.json for results that were not all written. metrics.json records the sha256 of the
 predictions it summarises.
@@ -19,6 +22,7 @@ cheap (torch and transformers load inside the functions), so bad input fails fas
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -188,6 +192,8 @@ def benchmark(
     from vlmtune_cli.eval.scoring import score
 
     overrides = options or BenchmarkOptions()
+    if overrides.limit is not None:
+        target = dataclasses.replace(target, limit=overrides.limit)
     recipe = target.recipe
     section = recipe.benchmark
     split = overrides.split or section.split

@@ -1,23 +1,27 @@
 """Showing benchmark results: the terminal table, the comparison report, and its pictures.
 
 Several runs give one table, a row per run, the best value of each column marked (highest, except the
-parse-failure rate: lowest). `write_report` puts `report.md` into `<runs_dir>/benchmark-report/` (replaced on
-every comparison) with that table, each run's training loss curve and a few test images with the predicted
-boxes in red and the true boxes in green.
+parse-failure rate: lowest). Each comparison gets its own folder, `<runs_dir>/benchmark-reports/<time>-<runs>/`
+(`new_report_dir`), and `<runs_dir>/benchmark-report` is a symbolic link to the newest (`link_latest`).
+`write_report` puts `report.md` there with that table, each run's training loss curve and a few test images
+with the predicted boxes in red and the true boxes in green.
 
-Pictures are drawn with Pillow, already a dependency: a loss curve is a polyline with two axes, which does
-not justify matplotlib and its half-dozen compiled dependencies in every training environment.
+Loss curves are drawn with matplotlib (the Agg canvas, imported only when a report is written), which gives
+evenly spaced, readable ticks; the boxes on test images are drawn with Pillow.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from rich.markup import escape
 
 from vlmtune_cli.eval.metrics import DETECTION_METRICS, LOWER_IS_BETTER, VQA_METRICS
 from vlmtune_cli.runs import Target, write_atomic
@@ -26,6 +30,9 @@ if TYPE_CHECKING:
     from vlmtune_cli.eval.benchmark import BenchmarkResult
 
 REPORT_DIR = "benchmark-report"
+"""The newest comparison: a symbolic link into REPORTS_DIR."""
+REPORTS_DIR = "benchmark-reports"
+"""Every comparison, one folder each."""
 HEADERS = {
     "samples": "n",
     "mean_iou": "mean IoU",
@@ -102,7 +109,7 @@ def table(results: Sequence[BenchmarkResult]) -> Any:
             no_wrap=True,
         )
     for result in results:
-        cells = [result.target.name]
+        cells = [escape(result.target.name)]
         for key in keys:
             text = _cell(result.metrics.get(key))
             cells.append(f"[bold green]{text}*[/]" if _is_best(result, key, best) else text)
@@ -136,6 +143,37 @@ def as_json(results: Sequence[BenchmarkResult], report: Path | None) -> str:
 
 
 # --- report.md -------------------------------------------------------------------------------------------
+
+
+def new_report_dir(runs_dir: Path, results: Sequence[Any]) -> Path:
+    """A new, empty folder for one comparison: `<runs_dir>/benchmark-reports/<YYYYmmdd-HHMMSS>-<run names>`."""
+    names = "_vs_".join(re.sub(r"[^A-Za-z0-9._-]+", "_", r.target.name).strip("_") for r in results)
+    stem = f"{datetime.now():%Y%m%d-%H%M%S}-{names[:80]}"
+    parent = runs_dir / REPORTS_DIR
+    parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):  # two comparisons within one second keep separate folders
+        directory = parent / (stem if attempt == 1 else f"{stem}-{attempt}")
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue
+        return directory
+    raise FileExistsError(f"no free report folder name under {parent}")
+
+
+def link_latest(runs_dir: Path, directory: Path) -> Path:
+    """Point `<runs_dir>/benchmark-report` at `directory` (atomically); returns the link.
+
+    A `benchmark-report` folder written by an older vlmtune is kept: it moves into benchmark-reports/ first.
+    """
+    link = runs_dir / REPORT_DIR
+    if link.is_dir() and not link.is_symlink():
+        link.rename(runs_dir / REPORTS_DIR / f"before-{datetime.fromtimestamp(link.stat().st_mtime):%Y%m%d-%H%M%S}")
+    tmp = runs_dir / f".{REPORT_DIR}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(directory.relative_to(runs_dir) if directory.is_relative_to(runs_dir) else directory.resolve())
+    os.replace(tmp, link)
+    return link
 
 
 def write_report(results: Sequence[BenchmarkResult], directory: Path) -> Path:
@@ -198,48 +236,32 @@ def _loss_history(target: Target) -> list[tuple[float, float, str]]:
 def draw_loss_curve(
     points: list[tuple[float, float, str]], path: Path, title: str = "training loss", size: tuple[int, int] = (640, 360)
 ) -> None:
-    """A line chart of loss against step: training loss blue, evaluation loss orange."""
-    from PIL import Image, ImageDraw, ImageFont
+    """A line chart of loss against step (matplotlib): training loss blue, evaluation loss orange.
 
-    width, height = size
-    left, right, top, bottom = 64, 16, 32, 40
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=12)
-    steps = [p[0] for p in points]
-    losses = [p[1] for p in points]
-    x0, x1 = min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1
-    y0, y1 = min(losses), max(losses) if max(losses) > min(losses) else min(losses) + 1
-    pad = (y1 - y0) * 0.05
-    y0, y1 = y0 - pad, y1 + pad
+    Drawn on a bare `Figure` with the Agg canvas, never through pyplot: no display is needed, no global backend
+    is switched in the caller's process, and nothing is imported until a chart is drawn.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    def at(step: float, loss: float) -> tuple[float, float]:
-        return (
-            left + (step - x0) / (x1 - x0) * (width - left - right),
-            height - bottom - (loss - y0) / (y1 - y0) * (height - top - bottom),
-        )
-
-    for i in range(5):
-        loss = y0 + (y1 - y0) * i / 4
-        y = at(x0, loss)[1]
-        draw.line((left, y, width - right, y), fill=(230, 230, 230))
-        draw.text((4, y - 6), f"{loss:.3g}", fill="black", font=font)
-        step = x0 + (x1 - x0) * i / 4
-        x = at(step, y0)[0]
-        draw.text((x - 8, height - bottom + 4), f"{step:.0f}", fill="black", font=font)
-    draw.rectangle((left, top, width - right, height - bottom), outline=(80, 80, 80))
-    draw.text((width // 2 - 12, height - 18), "step", fill="black", font=font)
-    draw.text((left, 8), title, fill="black", font=font)
-    for kind, colour in (("train", (31, 119, 180)), ("eval", (255, 127, 14))):
-        line = [at(s, v) for s, v, k in points if k == kind]
-        if len(line) > 1:
-            draw.line(line, fill=colour, width=2)
-        for x, y in line:
-            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
-        if line:
-            legend_x = width - right - (110 if kind == "train" else 50)
-            draw.text((legend_x, 8), kind, fill=colour, font=font)
-    image.save(path)
+    dpi = 100
+    figure = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for kind, colour in (("train", "tab:blue"), ("eval", "tab:orange")):
+        steps = [s for s, _, k in points if k == kind]
+        losses = [v for _, v, k in points if k == kind]
+        if steps:
+            axes.plot(steps, losses, color=colour, marker="o", markersize=3, linewidth=1.5, label=kind)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=dpi)
 
 
 def draw_boxes(

@@ -24,7 +24,6 @@ unless `force`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -179,9 +178,6 @@ def export(target: Target, cache_dir: Path, out: Path, *, merge: bool, force: bo
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the export's mode
     except OSError as exc:
         raise UsageError(f"cannot write to {out.parent}: {exc.strerror or exc}", hint="choose another --out") from None
     try:

@@ -121,7 +121,9 @@ def _apply_pixel_bounds(processor, data: DataSection) -> None:
         raise UsageError(
             f"data.min_pixels/max_pixels need a processor that resizes by pixel area (Qwen-VL); "
             f"this model's is {type(image_processor).__name__}",
-            hint="remove data.min_pixels and data.max_pixels from the recipe",
+            hint="remove data.min_pixels and data.max_pixels from the recipe; inherited from a parent, drop them "
+            'with `unset = ["data.min_pixels", "data.max_pixels"]` in the recipe or '
+            "`--unset data.min_pixels --unset data.max_pixels`",
         )
     assert image_processor is not None  # else its size would be None, refused above
     # Qwen's processors keep the pixel bounds as size.shortest_edge/longest_edge (area, not edge length).

@@ -9,6 +9,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from vlmtune_cli.fsutil import respect_umask
 from vlmtune_cli.runs import mark_complete
 
 
@@ -23,6 +24,9 @@ class MarkCheckpointComplete(TrainerCallback):
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
+                # PEFT's boilerplate card ("[More Information Needed]"): no card beats a card that says nothing.
+                (checkpoint / "README.md").unlink(missing_ok=True)
+                respect_umask(checkpoint)
                 mark_complete(checkpoint, {"global_step": state.global_step, "epoch": state.epoch})
 
 

@@ -42,6 +42,9 @@ class VlmtuneTrainer(SFTTrainer):
         if not per_step_walks:
             without_per_step_module_walks(self.model)
 
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """TRL's card in checkpoints/ says "a fine-tuned version of [None]": final/ gets a true one instead."""
+
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         loss = super().training_step(*args, **kwargs)
         if not bool(loss.detach().isfinite().all()):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
+
 from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.config.settings import Settings
 from vlmtune_cli.console import err_console
@@ -94,7 +96,9 @@ def _train_locked(
     checkpoint = _checkpoint_to_resume(run, require_resume)
 
     if recipe.model.trust_remote_code:
-        err_console.print(f"[yellow]model.trust_remote_code = true: running code shipped with {recipe.model.name}[/]")
+        err_console.print(
+            f"[yellow]model.trust_remote_code = true: running code shipped with {escape(recipe.model.name)}[/]"
+        )
     processor = loading.load_processor(recipe.model, recipe.data, settings.cache_dir)
     train_set, eval_set = _encoded_splits(recipe, processor, family, settings.cache_dir)
 
@@ -119,7 +123,9 @@ def _train_locked(
         trainer._load_from_checkpoint = lambda *args, **kwargs: None
     if checkpoint is not None:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
-        err_console.print(f"resuming from {checkpoint} (step {state['global_step']}, epoch {state['epoch']:g})")
+        err_console.print(
+            f"resuming from {checkpoint} (step {state['global_step']}, epoch {state['epoch']:g})", markup=False
+        )
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except NonFiniteLoss as exc:
@@ -154,7 +160,7 @@ def _train_locked(
     finished = (stop_at_epoch is None and not stop_requested()) or state.global_step >= state.max_steps
     final_dir = None
     if finished and trainer.is_world_process_zero():  # one writer of final/ under DDP
-        final_dir = _save_final(trainer, processor, run)
+        final_dir = _save_final(trainer, processor, run, recipe)
     result = TrainResult(
         run.path,
         final_dir,
@@ -264,7 +270,7 @@ def _precision(recipe: Recipe) -> tuple[Precision, str]:
 
 def _checkpoint_to_resume(run: RunDir, require_resume: bool) -> Path | None:
     for broken in run.incomplete_checkpoints():
-        err_console.print(f"[yellow]skipping incomplete checkpoint {broken} (cut short while saving)[/]")
+        err_console.print(f"[yellow]skipping incomplete checkpoint {escape(str(broken))} (cut short while saving)[/]")
     checkpoint = run.latest_checkpoint()
     if require_resume and checkpoint is None:
         raise UsageError(f"--resume: {run.path} has no complete checkpoint to resume from")
@@ -281,7 +287,7 @@ def _encoded_splits(recipe: Recipe, processor: Any, family: Family, cache_dir: P
     from vlmtune_cli.encode.build import open_splits, tokenize_recipe
 
     result = tokenize_recipe(recipe, cache_dir, processor=processor, family=family)
-    err_console.print(f"tokenized data: {result.describe()}", highlight=False)
+    err_console.print(f"tokenized data: {result.describe()}", highlight=False, markup=False)
     for report in result.reports():
         for line in [d for d in (report.describe_drops(),) if d] + report.describe_fixes():
             err_console.print(f"[yellow]{escape(line)}[/]", highlight=False)
@@ -362,13 +368,18 @@ def _disk_is_full(run: RunDir) -> bool:
     return free < max(needed, 1 << 20)
 
 
-def _save_final(trainer: VlmtuneTrainer, processor: Any, run: RunDir) -> Path:
-    """Save the adapter (or model) and processor; a kill mid-save leaves no `final/` that looks complete."""
+def _save_final(trainer: VlmtuneTrainer, processor: Any, run: RunDir, recipe: Recipe) -> Path:
+    """Save the adapter (or model), processor and model card; a kill mid-save leaves no `final/` that looks complete."""
+    from vlmtune_cli.train.model_card import model_card
+
     staging = run.path / "final.partial"
     shutil.rmtree(staging, ignore_errors=True)
     # Trainer types its model as an optional nn.Module, whose __getattr__ pyright reads as a Tensor.
     trainer.model.save_pretrained(staging)  # pyright: ignore[reportCallIssue, reportOptionalMemberAccess]
     processor.save_pretrained(staging)
+    state = trainer.state
+    card = model_card(recipe, global_step=state.global_step, epoch=state.epoch or 0.0, log_history=state.log_history)
+    (staging / "README.md").write_text(card, encoding="utf-8")  # replaces PEFT's "[More Information Needed]"
     mark_complete(staging, {"global_step": trainer.state.global_step})
     replace_dir(staging, run.final)
     return run.final
