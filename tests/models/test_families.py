@@ -17,7 +17,7 @@ from vlmtune_cli.config.recipe import load_recipe
 from vlmtune_cli.config.schema import DataSection, ModelSection
 from vlmtune_cli.encode.labels import IGNORE_INDEX, LabelSpec, VisionCollator, encode_sample
 from vlmtune_cli.errors import UsageError
-from vlmtune_cli.models import builtin
+from vlmtune_cli.models import builtin, builtin_gemma3
 from vlmtune_cli.models.families import COMPONENTS, component_of, family_for_model_type
 from vlmtune_cli.models.loading import load_family, load_model, load_processor, load_trained_model, resolve_model_path
 
@@ -30,6 +30,8 @@ FAMILIES = {
     "qwen2-vl": ("smoke.toml", "builtin:tiny-qwen2-vl"),
     "qwen2.5-vl": ("smoke-qwen2.5-vl.toml", "builtin:tiny-qwen2.5-vl"),
     "mllama": ("smoke-mllama.toml", "builtin:tiny-mllama"),
+    "qwen3-vl": ("smoke-qwen3-vl.toml", "builtin:tiny-qwen3-vl"),
+    "gemma3": ("smoke-gemma3.toml", "builtin:tiny-gemma3"),
 }
 # The [tuning] tables of recipes/v1.toml-v4.toml.
 VARIANTS = {
@@ -54,7 +56,7 @@ SMALL = [
 
 @pytest.fixture(scope="module")
 def built(cache_dir: Path) -> Path:
-    """The session cache with the three tiny models built in it."""
+    """The session cache with every family's tiny model built in it."""
     for _, name in FAMILIES.values():
         resolve_model_path(name, cache_dir)
     return cache_dir
@@ -87,7 +89,10 @@ def test_every_parameter_lies_in_exactly_one_component_and_each_component_has_so
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("builder", [builtin.build_tiny_qwen2_5_vl, builtin.build_tiny_mllama])
+@pytest.mark.parametrize(
+    "builder",
+    [builtin.build_tiny_qwen2_5_vl, builtin.build_tiny_mllama, builtin.build_tiny_qwen3_vl, builtin.build_tiny_gemma3],
+)
 def test_builders_are_deterministic(tmp_path: Path, builder) -> None:
     def digest(directory: Path) -> dict[str, str]:
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
@@ -237,6 +242,15 @@ def test_every_family_trains_every_variant(workspace: Path, built: Path, family:
             assert changed == [], f"{component} is frozen but changed: {changed[:3]}"
         else:
             assert changed, f"{component} is set to {getattr(recipe.tuning, component)} but did not change"
+    if family == "qwen3-vl":  # the DeepStack mergers are projector: v3 trains them, v4 freezes them
+        deepstack = [n for n in before["projector"] if ".deepstack_merger_list." in n]
+        assert deepstack
+        moved = [n for n in deepstack if not torch.equal(before["projector"][n], after["projector"][n])]
+        expected = {"frozen": [], "full": deepstack}.get(recipe.tuning.projector)
+        assert moved == expected if expected is not None else moved, (
+            recipe.tuning.projector,
+            sorted(set(deepstack) - set(moved)),
+        )
 
     if variant == "v2":  # a smoke benchmark per family: scores may be 0, the files and the parser must work
         bench = runner.invoke(app, ["benchmark", str(run), "--limit", "2", "--batch-size", "2", "--json"])
@@ -245,3 +259,72 @@ def test_every_family_trains_every_variant(workspace: Path, built: Path, family:
         assert metrics["family"] == family and metrics["box_format"] == fam.box_format
         predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
         assert len(predictions) == 2 and all("parsed" in p for p in predictions)
+
+
+# --- family specifics ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_parameter_outside_every_component_is_an_error(family: str) -> None:
+    from vlmtune_cli.errors import VlmtuneError
+    from vlmtune_cli.models.families import FAMILIES as TABLE
+
+    fam = next(f for f in TABLE if f.name == family)
+    with pytest.raises(VlmtuneError, match="model.mystery.weight"):
+        component_of(fam, "model.mystery.weight")
+    with pytest.raises(VlmtuneError, match="belongs to none"):
+        component_of(fam, "base_model.model.model.new_tower.proj.weight")
+
+
+def test_gemma3_token_type_ids_reach_the_training_forward_and_change_it(
+    workspace: Path, built: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gemma 3's image tokens attend to each other both ways only when `token_type_ids` marks them: the cache and
+    the collator carry them, the trainer passes them to the model, and they change what the model computes."""
+    from transformers.models.gemma3 import modeling_gemma3
+
+    seen: list[torch.Tensor | None] = []
+    forward = modeling_gemma3.Gemma3Model.forward
+
+    def spy(self, *args, **kwargs):
+        if torch.is_grad_enabled():  # a training step, not an evaluation
+            seen.append(kwargs.get("token_type_ids"))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_gemma3.Gemma3Model, "forward", spy)
+    overrides = [*SMALL, "training.max_steps=1", "variant=gemma3-types"]
+    result = runner.invoke(
+        app, ["train", str(RECIPES / "smoke-gemma3.toml"), *(a for o in overrides for a in ("--set", o))]
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert seen and all(t is not None for t in seen)
+    processor = load_processor(_section("gemma3"), DataSection(), built)
+    soft = processor.tokenizer.convert_tokens_to_ids("<image_soft_token>")
+    assert int(seen[0].sum()) == builtin_gemma3.TOKENS_PER_IMAGE * seen[0].shape[0]  # one image per sample
+
+    sample = {"messages": _chat("[1, 2, 3, 4]"), "images": [Image.new("RGB", (200, 250), "red")]}
+    spec = LabelSpec.for_family(processor.tokenizer, load_family(_section("gemma3"), built))
+    batch = VisionCollator(pad_id=spec.pad_id)([encode_sample(processor, spec, sample, "all", 512)])
+    assert torch.equal(batch["token_type_ids"][0], (batch["input_ids"][0] == soft).long())
+    model = load_model(_section("gemma3"), built)
+    with torch.no_grad():
+        both_ways = model(**batch).logits
+        causal = model(**{k: v for k, v in batch.items() if k != "token_type_ids"}).logits
+    first_soft = int((batch["input_ids"][0] == soft).nonzero()[0])
+    assert not torch.allclose(both_ways[0, first_soft], causal[0, first_soft])  # it now sees the later soft tokens
+    assert torch.equal(both_ways[0, :first_soft], causal[0, :first_soft])  # text before the image is unchanged
+
+
+def test_an_unknown_family_is_exit_2_with_the_families_and_the_guide(workspace: Path) -> None:
+    from transformers import AutoConfig
+
+    AutoConfig.for_model("llava").save_pretrained(workspace / "some-llava")
+    for command in (["train"], ["tokenize"]):
+        result = runner.invoke(
+            app, [*command, str(RECIPES / "smoke-base.toml"), "--set", f"model.name={workspace / 'some-llava'}"]
+        )
+        assert result.exit_code == 2, result.output + repr(result.exception)
+        out = " ".join(result.output.split())
+        assert "'llava' model, a family vlmtune does not support" in out
+        assert "qwen3-vl (qwen3_vl)" in out and "gemma3 (gemma3)" in out and "mllama (mllama)" in out
+        assert "docs/families.md" in out

@@ -4,12 +4,22 @@ Every box outside this module is `(x1, y1, x2, y2)` in pixels of the ORIGINAL im
 y down, `x1 <= x2`, `y1 <= y2`). The text form depends on the family, and the training targets and the
 benchmark's parser must use the same one (`families.py` says which family uses which):
 
-- `qwen2-vl-grid` (Qwen2-VL, Qwen3-VL):
+- `qwen2-vl-grid` (Qwen2-VL):
   `<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>`, integers on a
   0-1000 grid relative to the image side; several boxes are concatenated. Without the markers (decoded with
   `skip_special_tokens=True`) `label(x1,y1),(x2,y2)` is read too.
 - `qwen2.5-vl-json` (Qwen2.5-VL): `[{"bbox_2d": [x1, y1, x2, y2], "label": "..."}]` in integer pixels of the
   image *as the processor resized it* (`resized_size`), optionally inside a ```json fence.
+- `qwen3-vl-json` (Qwen3-VL): the same JSON, but in integers on the 0-1000 grid relative to the image side
+  (Qwen3-VL's grounding cookbooks; unlike Qwen2.5-VL, independent of the processor's resize).
+- `gemini-json` (Gemma 3, which has no box syntax of its own): `[{"box_2d": [y1, x1, y2, x2], "label": "..."}]`,
+  y first, integers on the 0-1000 grid. Chosen because it is the convention of Google's Gemini detection
+  prompts, the model line Gemma 3 is distilled from, so an untuned Gemma 3 asked for boxes in JSON most
+  often answers this way; a relative grid also fits Gemma's processor, which squashes every image to one
+  square whatever its aspect ratio, so the model never sees original pixel sizes.
+
+Every JSON format is parsed forgivingly: a list or a single object (or several objects in a row), fenced or
+not, with prose before or after; the first JSON value holding boxes wins over lists inside it.
 - `plain`: `[x1, y1, x2, y2]` in integer pixels of the original image, one list per line. It carries no
   labels: parsing returns `""` for each.
 
@@ -36,8 +46,15 @@ from vlmtune_cli.errors import UsageError
 Box = tuple[float, float, float, float]
 Size = tuple[int, int]  # (width, height)
 
-FORMATS = ("qwen2-vl-grid", "qwen2.5-vl-json", "plain")
+FORMATS = ("qwen2-vl-grid", "qwen2.5-vl-json", "plain", "qwen3-vl-json", "gemini-json")
 GRID = 1000
+# JSON formats: the key holding a box, and whether it is written y first ([y1, x1, y2, x2]).
+_JSON_FORMATS = {
+    "qwen2.5-vl-json": ("bbox_2d", False),
+    "qwen3-vl-json": ("bbox_2d", False),
+    "gemini-json": ("box_2d", True),
+}
+_GRID_FORMATS = ("qwen2-vl-grid", "qwen3-vl-json", "gemini-json")
 
 _NUM = r"[-+]?\d+(?:\.\d+)?"
 _PAIR = rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)"
@@ -106,7 +123,7 @@ def _check_format(fmt: str) -> None:
 
 def _scales(fmt: str, image_size: Size, resized_size: Size | None) -> Size:
     """Text units per image side: what an x or y equal to the full width or height is written as."""
-    if fmt == "qwen2-vl-grid":
+    if fmt in _GRID_FORMATS:
         return GRID, GRID
     if fmt == "qwen2.5-vl-json":
         return resized_size or image_size
@@ -141,8 +158,12 @@ def format_boxes(
             f"<|object_ref_start|>{label}<|object_ref_end|><|box_start|>({a},{b}),({c},{d})<|box_end|>"
             for label, (a, b, c, d) in zip(labels, written, strict=True)
         )
-    if fmt == "qwen2.5-vl-json":
-        items = [{"bbox_2d": list(w), "label": label} for w, label in zip(written, labels, strict=True)]
+    if fmt in _JSON_FORMATS:
+        key, y_first = _JSON_FORMATS[fmt]
+        items = [
+            {key: [b, a, d, c] if y_first else [a, b, c, d], "label": label}
+            for (a, b, c, d), label in zip(written, labels, strict=True)
+        ]
         return json.dumps(items)
     return "\n".join(f"[{a}, {b}, {c}, {d}]" for a, b, c, d in written) if written else "[]"
 
@@ -161,7 +182,7 @@ def _add(result: ParseResult, values: list, label: str, fmt: str, image_size: Si
     x1, x2 = sorted((numbers[0], numbers[2]))
     y1, y2 = sorted((numbers[1], numbers[3]))
     if x1 < 0 or y1 < 0 or x2 > sx or y2 > sy:
-        unit = "grid 0-1000" if fmt == "qwen2-vl-grid" else f"image {sx}x{sy}"
+        unit = "grid 0-1000" if fmt in _GRID_FORMATS else f"image {sx}x{sy}"
         result._fail(f"box {values!r} lies outside the {unit}")
         return
     if x1 == x2 or y1 == y2:
@@ -202,26 +223,42 @@ def _parse_grid(text: str, result: ParseResult, image_size: Size) -> None:
 
 
 def _json_items(text: str, result: ParseResult) -> list:
+    """The box objects of a JSON answer: every list of objects or lone object, in order, wherever it stands.
+
+    A fence is only a hint (its body is searched first); prose around the JSON is skipped. Decoding starts at each
+    `[` or `{` in turn and a decoded value's inside is not searched again, so `{"bbox_2d": [...]}` is one object,
+    not its coordinate list. Lists of non-objects (`[1, 2]`) are not boxes. Unbalanced brackets mean a cut-off
+    answer: the complete objects are kept and `result` fails as truncated.
+    """
     fenced = _FENCE.search(text)
     body = (fenced.group(1) if fenced else text).strip()
-    try:
-        value = json.loads(body)
-    except ValueError:
-        start, end = body.find("["), body.rfind("]")
+    decoder = json.JSONDecoder()
+    items: list = []
+    found = False
+    i = 0
+    while True:
+        starts = [p for p in (body.find("[", i), body.find("{", i)) if p >= 0]
+        if not starts:
+            break
+        start = min(starts)
         try:
-            value = json.loads(body[start : end + 1]) if 0 <= start < end else None
+            value, end = decoder.raw_decode(body, start)
         except ValueError:
-            value = None
-        if value is None:
-            result._fail("not valid JSON (truncated?)")
-            # Salvage the complete objects of a truncated list.
+            i = start + 1
+            continue
+        if isinstance(value, dict) or (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+            items += value if isinstance(value, list) else [value]
+            found = True
+            i = end
+        else:
+            i = start + 1
+    if body.count("[") != body.count("]") or body.count("{") != body.count("}"):
+        result._fail("not valid JSON (truncated?)")
+        if not found:  # salvage the complete objects of a cut-off list
             return [obj for obj in (_loads(m.group(0)) for m in re.finditer(r"\{[^{}]*\}", body)) if obj]
-    if isinstance(value, dict):
-        value = [value]
-    if not isinstance(value, list):
-        result._fail(f"expected a JSON list of objects, got {type(value).__name__}")
-        return []
-    return value
+    elif not found:
+        result._fail("no JSON list or object of boxes found")
+    return items
 
 
 def _loads(text: str) -> dict | None:
@@ -232,21 +269,18 @@ def _loads(text: str) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _parse_json(text: str, result: ParseResult, image_size: Size, resized_size: Size | None) -> None:
-    scales = _scales("qwen2.5-vl-json", image_size, resized_size)
+def _parse_json(text: str, fmt: str, result: ParseResult, image_size: Size, resized_size: Size | None) -> None:
+    scales = _scales(fmt, image_size, resized_size)
+    key, y_first = _JSON_FORMATS[fmt]
     for item in _json_items(text, result):
-        if not isinstance(item, dict) or not isinstance(item.get("bbox_2d"), list):
-            result._fail(f"item without a bbox_2d list: {item!r}"[:200])
+        if not isinstance(item, dict) or not isinstance(item.get(key), list):
+            result._fail(f"item without a {key} list: {item!r}"[:200])
             continue
         label = item.get("label", "")
-        _add(
-            result,
-            item["bbox_2d"],
-            label if isinstance(label, str) else str(label),
-            "qwen2.5-vl-json",
-            image_size,
-            scales,
-        )
+        values = item[key]
+        if y_first and len(values) == 4:
+            values = [values[1], values[0], values[3], values[2]]
+        _add(result, values, label if isinstance(label, str) else str(label), fmt, image_size, scales)
 
 
 def _parse_plain(text: str, result: ParseResult, image_size: Size) -> None:
@@ -268,8 +302,8 @@ def parse_boxes(fmt: str, text: str, image_size: Size, resized_size: Size | None
         return result._fail("empty output")
     if fmt == "qwen2-vl-grid":
         _parse_grid(text, result, image_size)
-    elif fmt == "qwen2.5-vl-json":
-        _parse_json(text, result, image_size, resized_size)
+    elif fmt in _JSON_FORMATS:
+        _parse_json(text, fmt, result, image_size, resized_size)
     else:
         _parse_plain(text, result, image_size)
     return result
