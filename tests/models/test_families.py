@@ -32,7 +32,10 @@ FAMILIES = {
     "mllama": ("smoke-mllama.toml", "builtin:tiny-mllama"),
     "qwen3-vl": ("smoke-qwen3-vl.toml", "builtin:tiny-qwen3-vl"),
     "gemma3": ("smoke-gemma3.toml", "builtin:tiny-gemma3"),
+    "qwen3.5": ("smoke-qwen3.5.toml", "builtin:tiny-qwen3.5"),
 }
+# What the chat template writes at the start of a trained answer (Qwen3.5: an empty think block).
+ANSWER_PREFIX = {"qwen3.5": "<think>\n\n</think>\n\n"}
 # The [tuning] tables of recipes/v1.toml-v4.toml.
 VARIANTS = {
     "v1": {"loss_on": "all", "vision": "lora", "projector": "lora", "llm": "lora"},
@@ -91,7 +94,13 @@ def test_every_parameter_lies_in_exactly_one_component_and_each_component_has_so
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "builder",
-    [builtin.build_tiny_qwen2_5_vl, builtin.build_tiny_mllama, builtin.build_tiny_qwen3_vl, builtin.build_tiny_gemma3],
+    [
+        builtin.build_tiny_qwen2_5_vl,
+        builtin.build_tiny_mllama,
+        builtin.build_tiny_qwen3_vl,
+        builtin.build_tiny_gemma3,
+        builtin.build_tiny_qwen3_5,
+    ],
 )
 def test_builders_are_deterministic(tmp_path: Path, builder) -> None:
     def digest(directory: Path) -> dict[str, str]:
@@ -170,7 +179,8 @@ def test_labels_per_family(built: Path, family: str) -> None:
 
     answer = encode_sample(processor, spec, sample, "assistant", 4096)
     trained = [t for t in answer["labels"] if t != IGNORE_INDEX]
-    assert tokenizer.decode(trained, skip_special_tokens=False) == "[12, 40, 180, 200]" + fam.end_of_turn
+    expected = ANSWER_PREFIX.get(family, "") + "[12, 40, 180, 200]" + fam.end_of_turn
+    assert tokenizer.decode(trained, skip_special_tokens=False) == expected
     assert trained[-1] == tokenizer.convert_tokens_to_ids(fam.end_of_turn)
 
 
@@ -219,9 +229,21 @@ def _by_component(model, family) -> dict[str, dict[str, torch.Tensor]]:
     return parts
 
 
+# Qwen3.5's linear-attention layers run through transformers' reference PyTorch code on a CPU: about 10 s of CPU
+# per cell against 1-3 s for the others. It runs v2 (LoRA everywhere, and the benchmark) and v3 (its hybrid LLM
+# frozen bit for bit); v1 differs from v2 only in labels (family-independent code, checked per family above) and
+# v4 freezes what v3 trains and LoRA-tunes what v2 does.
+LEAN = {"qwen3.5": ("v2", "v3")}
+MATRIX = [
+    pytest.param(family, variant, id=f"{family}-{variant}")
+    for family in FAMILIES
+    for variant in VARIANTS
+    if variant in LEAN.get(family, VARIANTS)
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family, variant", MATRIX)
 def test_every_family_trains_every_variant(workspace: Path, built: Path, family: str, variant: str) -> None:
     recipe_file = RECIPES / FAMILIES[family][0]
     overrides = [*SMALL, f"variant={family}-{variant}", *(f"tuning.{k}={v}" for k, v in VARIANTS[variant].items())]

@@ -22,6 +22,7 @@ BUILTIN_MODELS = (
     "builtin:tiny-mllama",
     "builtin:tiny-qwen3-vl",
     "builtin:tiny-gemma3",
+    "builtin:tiny-qwen3.5",
 )
 BUILTIN_DATASETS = ("builtin:synthetic-detection", "builtin:synthetic-vqa")
 

@@ -408,6 +408,14 @@ def build_tiny_gemma3(out_dir: Path, seed: int = 0) -> None:
     _atomic_build(out_dir, "tiny-gemma3", write_tiny_gemma3, seed)
 
 
+def build_tiny_qwen3_5(out_dir: Path, seed: int = 0) -> None:
+    """Write a tiny random Qwen3.5 (about 340k parameters; 3 linear-attention layers to 1 full-attention layer)
+    with a Qwen3.5-style tokenizer and thinking chat template (builtin_qwen3.py). Deterministic and atomic."""
+    from vlmtune_cli.models.builtin_qwen3 import write_tiny_qwen3_5
+
+    _atomic_build(out_dir, "tiny-qwen3.5", write_tiny_qwen3_5, seed)
+
+
 def remove_leftovers(out_dir: Path) -> None:
     """Delete what killed builds of `out_dir` left behind. Call only while no build of it runs."""
     out_dir = Path(out_dir)
@@ -431,5 +439,6 @@ BUILDERS = {
     "builtin:tiny-mllama": ("tiny-mllama", build_tiny_mllama),
     "builtin:tiny-qwen3-vl": ("tiny-qwen3-vl", build_tiny_qwen3_vl),
     "builtin:tiny-gemma3": ("tiny-gemma3", build_tiny_gemma3),
+    "builtin:tiny-qwen3.5": ("tiny-qwen3.5", build_tiny_qwen3_5),
 }
 """Built-in model name -> (cache directory name, builder). Names must match `schema.BUILTIN_MODELS`."""

@@ -103,6 +103,16 @@ FAMILIES: tuple[Family, ...] = (
         box_format="qwen3-vl-json",  # {"bbox_2d": [x1, y1, x2, y2]} on a 0-1000 grid
         image_only_processor="vlmtune_cli.models.qwen_processor:Qwen3VLImageOnlyProcessor",
     ),
+    replace(
+        _QWEN2_VL,
+        name="qwen3.5",
+        model_types=("qwen3_5",),
+        # Qwen3-VL's vision tower without DeepStack; the hybrid (linear-attention) layers are all in the LLM.
+        vision_prefixes=("model.visual.patch_embed.", "model.visual.pos_embed.", "model.visual.blocks."),
+        projector_prefixes=("model.visual.merger.",),
+        box_format="qwen3-vl-json",  # Qwen3-VL's grounding format, which Qwen3.5 keeps
+        image_only_processor="vlmtune_cli.models.qwen_processor:Qwen3VLImageOnlyProcessor",
+    ),
     Family(
         name="gemma3",
         model_types=("gemma3",),

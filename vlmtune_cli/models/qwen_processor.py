@@ -19,6 +19,7 @@ from transformers import (
     Qwen2_5_VLProcessor,
     Qwen2VLConfig,
     Qwen2VLProcessor,
+    Qwen3_5Config,
     Qwen3VLConfig,
     Qwen3VLProcessor,
 )
@@ -52,3 +53,4 @@ def register() -> None:
     AutoProcessor.register(Qwen2VLConfig, Qwen2VLImageOnlyProcessor, exist_ok=True)
     AutoProcessor.register(Qwen2_5_VLConfig, Qwen2_5_VLImageOnlyProcessor, exist_ok=True)
     AutoProcessor.register(Qwen3VLConfig, Qwen3VLImageOnlyProcessor, exist_ok=True)
+    AutoProcessor.register(Qwen3_5Config, Qwen3VLImageOnlyProcessor, exist_ok=True)
