@@ -260,3 +260,14 @@ def test_the_issues_example_parses() -> None:
     assert result.ok and result.boxes == [(25, 8, 139, 151)] and result.labels == ["nutrition table"]
     result = parse_boxes("qwen2.5-vl-json", text, SIZE)
     assert result.ok and result.boxes == [(25, 8, 139, 151)]
+
+
+def test_a_think_block_before_the_answer_is_skipped() -> None:
+    obj = '{"bbox_2d": [50, 80, 550, 360], "label": "nutrition table"}'
+    draft = '{"bbox_2d": [0, 0, 10, 10], "label": "draft"}'
+    # Qwen3.5's generation prompt opens `<think>\n`: the output starts inside the block.
+    for text in (f"Maybe {draft}? No.\n</think>\n\n[{obj}]", f"<think>\n{draft}\n</think>\n\n{obj}"):
+        result = parse_boxes("qwen3-vl-json", text, SIZE)
+        assert result.ok and result.boxes == [(10, 20, 110, 90)] and result.labels == ["nutrition table"]
+    cut = parse_boxes("qwen3-vl-json", f"<think>\nFirst {draft} then", SIZE)
+    assert not cut.ok and "think" in cut.reason

@@ -18,6 +18,7 @@ benchmark's parser must use the same one (`families.py` says which family uses w
   often answers this way; a relative grid also fits Gemma's processor, which squashes every image to one
   square whatever its aspect ratio, so the model never sees original pixel sizes.
 
+A thinking model's reasoning (`<think>...</think>`, or only its end when the prompt opened it) is skipped.
 Every JSON format is parsed forgivingly: a list or a single object (or several objects in a row), fenced or
 not, with prose before or after; the first JSON value holding boxes wins over lists inside it.
 - `plain`: `[x1, y1, x2, y2]` in integer pixels of the original image, one list per line. It carries no
@@ -300,6 +301,12 @@ def parse_boxes(fmt: str, text: str, image_size: Size, resized_size: Size | None
     result = ParseResult()
     if not isinstance(text, str) or not text.strip():
         return result._fail("empty output")
+    # A thinking model (Qwen3.5) reasons before it answers, and its drafts may hold boxes: the answer is what
+    # follows the last `</think>`. Its prompt already opens the block, so the output may hold only the close.
+    if "</think>" in text:
+        text = text.rsplit("</think>", 1)[1]
+    elif "<think>" in text:
+        return result._fail("output ends inside a think block (truncated?)")
     if fmt == "qwen2-vl-grid":
         _parse_grid(text, result, image_size)
     elif fmt in _JSON_FORMATS:

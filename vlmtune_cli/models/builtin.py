@@ -393,7 +393,7 @@ def build_tiny_mllama(out_dir: Path, seed: int = 0) -> None:
 
 
 def build_tiny_qwen3_vl(out_dir: Path, seed: int = 0) -> None:
-    """Write a tiny random Qwen3-VL (about 270k parameters; DeepStack mergers, 16-px patches) with the Qwen2
+    """Write a tiny random Qwen3-VL (about 331k parameters; DeepStack mergers, 16-px patches) with the Qwen2
     tokenizer and Qwen3-VL's ChatML template (builtin_qwen3.py). Deterministic and atomic."""
     from vlmtune_cli.models.builtin_qwen3 import write_tiny_qwen3_vl
 
