@@ -19,7 +19,14 @@ from vlmtune_cli.encode.labels import IGNORE_INDEX, LabelSpec, VisionCollator, e
 from vlmtune_cli.errors import UsageError
 from vlmtune_cli.models import builtin, builtin_gemma3
 from vlmtune_cli.models.families import COMPONENTS, component_of, family_for_model_type
-from vlmtune_cli.models.loading import load_family, load_model, load_processor, load_trained_model, resolve_model_path
+from vlmtune_cli.models.loading import (
+    family_of,
+    load_family,
+    load_model,
+    load_processor,
+    load_trained_model,
+    resolve_model_path,
+)
 
 from ..conftest import RECIPES
 
@@ -202,6 +209,9 @@ def test_cached_batches_equal_the_in_memory_encoding(workspace: Path, built: Pat
     processor = load_processor(recipe.model, recipe.data, built)
     fam = load_family(recipe.model, built)
     result = tokenize_recipe(recipe, built, processor=processor, family=fam, force=True, progress=False)
+    if family == "gemma3":  # the statistics count the soft tokens, not the `<start_of_image>` placeholder
+        visual = result.stats["splits"]["train"]["visual_tokens_per_image"]
+        assert visual["min"] == visual["max"] == builtin_gemma3.TOKENS_PER_IMAGE, visual
     samples = load_splits(recipe.data, box_format=fam.box_format, processor=processor)["train"]
     spec = LabelSpec.for_family(processor.tokenizer, fam)
     in_memory = {s["id"]: encode_sample(processor, spec, s, "assistant", 512) for s in samples}
@@ -350,3 +360,20 @@ def test_an_unknown_family_is_exit_2_with_the_families_and_the_guide(workspace: 
         assert "'llava' model, a family vlmtune does not support" in out
         assert "qwen3-vl (qwen3_vl)" in out and "gemma3 (gemma3)" in out and "mllama (mllama)" in out
         assert "docs/families.md" in out
+
+
+def test_lora_on_a_component_without_linear_layers_trains_it_fully_and_says_so(
+    built: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Gemma 3's projector is one bare matrix: `projector = "lora"` (v1, v2) would otherwise train nothing there."""
+    from vlmtune_cli.config.schema import LoraSection, TuningSection
+    from vlmtune_cli.models.loading import apply_tuning, trainable_table
+
+    model = apply_tuning(load_model(_section("gemma3"), built), TuningSection(**VARIANTS["v2"]), LoraSection(), seed=0)
+    assert "gemma3's projector has no linear layer for LoRA: it trains fully instead (2,080 parameters" in " ".join(
+        capsys.readouterr().err.split()
+    )
+    table = {component: (trainable, total) for component, trainable, total in trainable_table(model, family_of(model))}
+    # PEFT keeps the original projector beside its trainable copy (modules_to_save): half of the count trains.
+    assert table["projector"] == (2_080, 4_160)
+    assert 0 < table["vision"][0] < table["vision"][1] and 0 < table["llm"][0] < table["llm"][1]  # LoRA adapters

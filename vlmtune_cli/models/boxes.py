@@ -17,17 +17,17 @@ benchmark's parser must use the same one (`families.py` says which family uses w
   prompts, the model line Gemma 3 is distilled from, so an untuned Gemma 3 asked for boxes in JSON most
   often answers this way; a relative grid also fits Gemma's processor, which squashes every image to one
   square whatever its aspect ratio, so the model never sees original pixel sizes.
+- `plain`: `[x1, y1, x2, y2]` in integer pixels of the original image, one list per line. It carries no
+  labels: parsing returns `""` for each.
 
 A thinking model's reasoning (`<think>...</think>`, or only its end when the prompt opened it) is skipped.
 Every JSON format is parsed forgivingly: a list or a single object (or several objects in a row), fenced or
 not, with prose before or after; the first JSON value holding boxes wins over lists inside it.
-- `plain`: `[x1, y1, x2, y2]` in integer pixels of the original image, one list per line. It carries no
-  labels: parsing returns `""` for each.
 
 Rounding. Text coordinates are integers, so a round trip is exact only for boxes on the text's lattice and
-otherwise within half a step: grid `side / 2000` px, plain 0.5 px, JSON `0.5 * side / resized_side` px.
-Integer pixel boxes in an image whose sides divide 1000 (200, 250, 500, 1000) survive both the grid and
-`plain` exactly; the synthetic data is built that way.
+otherwise within half a step: the 0-1000 grid formats `side / 2000` px, plain 0.5 px, `qwen2.5-vl-json`
+`0.5 * side / resized_side` px. Integer pixel boxes in an image whose sides divide 1000 (200, 250, 500, 1000)
+survive the grid formats and `plain` exactly; the synthetic data is built that way.
 
 Parsing never raises on model output. Text around the boxes is ignored; anything wrong with a box
 (truncated, non-numeric, outside the image, zero area) makes `ok` False with a `reason`, while `boxes`
