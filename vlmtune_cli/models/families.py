@@ -188,5 +188,5 @@ def component_of(family: Family, param_name: str) -> Component:
         return component
     raise VlmtuneError(
         f"{param_name!r} belongs to none of the {family.name} components (vision, projector, llm)",
-        hint="the model's module names differ from what vlmtune_cli/families.py expects for this family",
+        hint="the model's module names differ from what vlmtune_cli/models/families.py expects for this family",
     )
