@@ -87,7 +87,9 @@ def test_a_boxes_part_is_written_in_the_family_format_from_the_pixel_target(tmp_
         parsed = parse_boxes(fmt, answer[0]["text"], size, resized)
         assert parsed.ok and parsed.labels == (["nutrition table"] if fmt != "plain" else [""])
         # Back in original pixels within the format's rounding: grid side/2000, JSON half a resized pixel.
-        step = {"qwen2-vl-grid": max(size) / 2000, "qwen2.5-vl-json": 0.5 * size[0] / resized[0] + 0.01}.get(fmt, 0)
+        grid = max(size) / 2000
+        step = {"qwen2-vl-grid": grid, "qwen3-vl-json": grid, "gemini-json": grid}.get(fmt, 0)
+        step = 0.5 * size[0] / resized[0] + 0.01 if fmt == "qwen2.5-vl-json" else step
         assert _near(parsed.boxes[0], box, step + 0.51)
     assert smart_resize(240, 360) == (252, 364)
     p2 = next(s for s in samples if s["id"] == "p2")["messages"][-1]["content"][0]["text"]
@@ -95,6 +97,8 @@ def test_a_boxes_part_is_written_in_the_family_format_from_the_pixel_target(tmp_
         "qwen2-vl-grid": "(125,278),(625,833)",  # 0-1000 grid of the upright 240x360 image
         "qwen2.5-vl-json": "[32, 101, 158, 303]",  # pixels of the 252x364 image the processor makes
         "plain": "[30, 100, 150, 300]",  # original pixels
+        "qwen3-vl-json": "[125, 278, 625, 833]",  # the 0-1000 grid again, as JSON
+        "gemini-json": "[278, 125, 833, 625]",  # the grid, y first
     }[fmt]
     assert expected in p2, p2
 
@@ -131,10 +135,13 @@ def test_text_around_a_boxes_part_stays_and_misplaced_parts_are_refused(tmp_path
 def test_a_new_format_is_one_table_entry() -> None:
     from vlmtune_cli.models import boxes
 
-    # Qwen3-VL's JSON in relative 0-1000 coordinates, as the module docstring says it would be added.
-    relative = boxes.BoxFormat(boxes._grid_units, boxes._write_json, boxes._read_json, "grid 0-1000")
+    # Qwen3-VL's JSON in relative 0-1000 coordinates, written as the module docstring says a format is added.
+    relative = boxes.BoxFormat(
+        boxes._grid_units, boxes._json_writer("bbox_2d"), boxes._json_reader("bbox_2d"), "grid 0-1000"
+    )
     original = dict(BOX_FORMATS)
     try:
+        del BOX_FORMATS["qwen3-vl-json"]
         BOX_FORMATS["qwen3-vl-json"] = relative
         text = format_boxes("qwen3-vl-json", [(30, 100, 150, 300)], ["t"], (240, 360), (224, 336))
         assert json.loads(text) == [{"bbox_2d": [125, 278, 625, 833], "label": "t"}]

@@ -72,7 +72,7 @@ def test_answers_in_another_familys_syntax_are_refused_or_reported(workspace: Pa
     error = tokenize("qwen2.5-vl", source, code=2)
     assert (
         f"6 answer(s) of {source} cannot be read as qwen2.5-vl boxes (qwen2.5-vl-json): p1, p2, p3, p4, p5, "
-        f"... 1 more; the first: {source}, line 1 (id p1): not valid JSON (truncated?): '<|object_ref_start|>"
+        f"... 1 more; the first: {source}, line 1 (id p1): no JSON list or object of boxes found: '<|object_ref_start|>"
     ) in error.stderr
     assert 'data.answer_check = "warn"' in error.stderr and '{"type": "boxes"}' in error.stderr
     warned = tokenize("qwen2.5-vl", source, "data.answer_check=warn")

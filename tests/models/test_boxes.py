@@ -49,7 +49,7 @@ def test_round_trip_within_documented_tolerance(width, height, corners, fmt) -> 
     fy1, fy2 = sorted((corners[1], corners[3]))
     box = (fx1 * width, fy1 * height, fx2 * width, fy2 * height)
     resized = smart_resize(width, height)
-    text_units = {"qwen2-vl-grid": (1000, 1000), "qwen2.5-vl-json": resized, "plain": (width, height)}[fmt]
+    text_units = {"qwen2.5-vl-json": resized, "plain": (width, height)}.get(fmt, (1000, 1000))
     step_x, step_y = width / text_units[0], height / text_units[1]
     if box[2] - box[0] < 2 * step_x or box[3] - box[1] < 2 * step_y:
         return  # may legitimately collapse to a zero-area box once rounded
@@ -168,3 +168,106 @@ def test_resized_size_follows_the_processor() -> None:
     assert processor_resized_size(None, (200, 250)) == (200, 250)
     assert processor_resized_size(Processor(), (200, 250)) == (196, 252)
     assert processor_resized_size(Processor(), (1000, 1000), max_pixels=448 * 448) == (448, 448)
+
+
+def test_qwen3_vl_json_is_relative_to_1000_whatever_the_resize() -> None:
+    text = format_boxes("qwen3-vl-json", [(10, 20, 110, 90)], ["table"], SIZE, resized_size=(400, 500))
+    assert json.loads(text) == [{"bbox_2d": [50, 80, 550, 360], "label": "table"}]
+    result = parse_boxes("qwen3-vl-json", text, SIZE, resized_size=(999, 999))  # the resize plays no part
+    assert result.ok and result.boxes == [(10, 20, 110, 90)]
+    assert not parse_boxes("qwen3-vl-json", '[{"bbox_2d": [0, 0, 1001, 10]}]', SIZE).ok  # off the grid
+
+
+def test_gemini_json_is_y_first_on_the_grid() -> None:
+    text = format_boxes("gemini-json", [(10, 20, 110, 90)], ["table"], SIZE)
+    assert json.loads(text) == [{"box_2d": [80, 50, 360, 550], "label": "table"}]
+    result = parse_boxes("gemini-json", text, SIZE)
+    assert result.ok and result.boxes == [(10, 20, 110, 90)] and result.labels == ["table"]
+    wrong_key = parse_boxes("gemini-json", '[{"bbox_2d": [80, 50, 360, 550]}]', SIZE)
+    assert not wrong_key.ok and "box_2d" in wrong_key.reason
+
+
+# Answers shaped like the model cards' and cookbooks' examples, each with the boxes they mean in a 200x250 image.
+CARD_ANSWERS = [
+    # Qwen2.5-VL cookbook: a fenced list in pixels of the resized image (resized = original here).
+    (
+        "qwen2.5-vl-json",
+        '```json\n[\n\t{"bbox_2d": [10, 20, 110, 90], "label": "nutrition table"},\n'
+        '\t{"bbox_2d": [0, 0, 200, 250], "label": "pack"}\n]\n```',
+        [(10, 20, 110, 90), (0, 0, 200, 250)],
+    ),
+    # Qwen3-VL cookbook: the same shape in 0-1000 coordinates.
+    (
+        "qwen3-vl-json",
+        '```json\n[\n\t{"bbox_2d": [50, 80, 550, 360], "label": "nutrition table"},\n'
+        '\t{"bbox_2d": [0, 0, 1000, 1000], "label": "pack"}\n]\n```',
+        [(10, 20, 110, 90), (0, 0, 200, 250)],
+    ),
+    # Gemini's detection docs: a fenced list of box_2d, y first, 0-1000.
+    (
+        "gemini-json",
+        '```json\n[\n  {"box_2d": [80, 50, 360, 550], "label": "nutrition table"}\n]\n```',
+        [(10, 20, 110, 90)],
+    ),
+    # Qwen2-VL card: reference and box tokens on the 0-1000 grid.
+    (
+        "qwen2-vl-grid",
+        "<|object_ref_start|>nutrition table<|object_ref_end|><|box_start|>(50,80),(550,360)<|box_end|><|im_end|>",
+        [(10, 20, 110, 90)],
+    ),
+    ("plain", "The table is at [10, 20, 110, 90].", [(10, 20, 110, 90)]),
+]
+
+
+@pytest.mark.parametrize("fmt, text, boxes", CARD_ANSWERS, ids=[c[0] for c in CARD_ANSWERS])
+def test_model_card_shaped_answers(fmt: str, text: str, boxes: list) -> None:
+    result = parse_boxes(fmt, text, SIZE)
+    assert result.ok, result.reason
+    assert result.boxes == boxes
+
+
+JSON_FORMATS = ["qwen2.5-vl-json", "qwen3-vl-json", "gemini-json"]
+
+
+@pytest.mark.parametrize("fmt", JSON_FORMATS)
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "The table: {OBJ} and nothing else.",  # the issue's example: prose around one unfenced object
+        "{OBJ}",
+        "[{OBJ}]",
+        "Sure! Here you go:\n```json\n[{OBJ}]\n```\nLet me know if you need more.",
+        "```\n{OBJ}\n```",
+        "Found it [see below]: [{OBJ}] (one box).",  # a bracket in the prose that is no JSON
+        "{OBJ}\n{OBJ2}",  # objects one per line, no list around them
+    ],
+)
+def test_json_is_forgiving_for_every_json_family(fmt: str, shape: str) -> None:
+    key, corners = ("box_2d", [80, 50, 360, 550]) if fmt == "gemini-json" else ("bbox_2d", [50, 80, 550, 360])
+    if fmt == "qwen2.5-vl-json":
+        corners = [10, 20, 110, 90]  # pixels (resized = original)
+    obj = json.dumps({key: corners, "label": "nutrition table"})
+    obj2 = json.dumps({key: [0, 0, 1000, 1000] if fmt != "qwen2.5-vl-json" else [0, 0, 200, 250], "label": "pack"})
+    result = parse_boxes(fmt, shape.replace("{OBJ2}", obj2).replace("{OBJ}", obj), SIZE)
+    assert result.ok, result.reason
+    expected = [(10, 20, 110, 90)] + ([(0, 0, 200, 250)] if "OBJ2" in shape else [])
+    assert result.boxes == expected and result.labels[0] == "nutrition table"
+
+
+def test_the_issues_example_parses() -> None:
+    text = 'The table: {"bbox_2d": [25, 8, 139, 151], "label": "nutrition table"} and nothing else.'
+    result = parse_boxes("qwen3-vl-json", text, (1000, 1000))
+    assert result.ok and result.boxes == [(25, 8, 139, 151)] and result.labels == ["nutrition table"]
+    result = parse_boxes("qwen2.5-vl-json", text, SIZE)
+    assert result.ok and result.boxes == [(25, 8, 139, 151)]
+
+
+def test_a_think_block_before_the_answer_is_skipped() -> None:
+    obj = '{"bbox_2d": [50, 80, 550, 360], "label": "nutrition table"}'
+    draft = '{"bbox_2d": [0, 0, 10, 10], "label": "draft"}'
+    # Qwen3.5's generation prompt opens `<think>\n`: the output starts inside the block.
+    for text in (f"Maybe {draft}? No.\n</think>\n\n[{obj}]", f"<think>\n{draft}\n</think>\n\n{obj}"):
+        result = parse_boxes("qwen3-vl-json", text, SIZE)
+        assert result.ok and result.boxes == [(10, 20, 110, 90)] and result.labels == ["nutrition table"]
+    cut = parse_boxes("qwen3-vl-json", f"<think>\nFirst {draft} then", SIZE)
+    assert not cut.ok and "think" in cut.reason

@@ -19,7 +19,14 @@ from vlmtune_cli.config.slurm_time import slurm_time_seconds
 
 # The tiny, randomly initialised models vlmtune builds itself (no download). Listed here so a recipe
 # naming an unknown one fails at validation, before anything heavy is imported.
-BUILTIN_MODELS = ("builtin:tiny-qwen2-vl", "builtin:tiny-qwen2.5-vl", "builtin:tiny-mllama")
+BUILTIN_MODELS = (
+    "builtin:tiny-qwen2-vl",
+    "builtin:tiny-qwen2.5-vl",
+    "builtin:tiny-mllama",
+    "builtin:tiny-qwen3-vl",
+    "builtin:tiny-gemma3",
+    "builtin:tiny-qwen3.5",
+)
 BUILTIN_DATASETS = ("builtin:synthetic-detection", "builtin:synthetic-vqa")
 
 ComponentMode = Literal["frozen", "lora", "full"]

@@ -363,5 +363,6 @@ def _visual_tokens(encoded: dict[str, Any], ids: list[int], n_images: int, layou
     grid = encoded.get("image_grid_thw")
     if grid is not None and len(grid) == n_images:
         return [int(t * h * w) // layout["merge"] ** 2 for t, h, w in grid.tolist()]
-    pads = sum(1 for t in ids if t == layout["image_token_id"])
+    visual = set(layout["visual_token_ids"])
+    pads = sum(1 for t in ids if t in visual)
     return [pads // n_images] * n_images

@@ -48,6 +48,10 @@ def probe_layout(processor: Any, *, ids_without_pixels: bool = True) -> dict[str
     token = getattr(processor, "image_token", None)
     layout["image_token"] = token
     layout["image_token_id"] = processor.tokenizer.convert_tokens_to_ids(token) if token else None
+    # The tokens that carry image features, for the statistics. Usually the placeholder itself; Gemma 3's
+    # placeholder `<start_of_image>` expands into soft tokens, which its processor names in `image_token_ids`.
+    named = [i for i in getattr(processor, "image_token_ids", None) or [] if i is not None]
+    layout["visual_token_ids"] = named or [layout["image_token_id"]]
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in ((97, 131), (97, 97))]
     probes = [(_prompt(processor, n), images[:n]) for n in (1, 2)]

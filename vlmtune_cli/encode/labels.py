@@ -75,7 +75,7 @@ def assistant_spans(text: str, spec: LabelSpec) -> list[tuple[int, int]]:
 def answer_tokens(text: str, input_ids: list[int], tokenizer: Any, spec: LabelSpec) -> list[bool]:
     """Per token of `input_ids` (the processor's ids for `text`): does it lie in an assistant answer?
 
-    Raises VlmtuneError when the ids are not `text` tokenised with only image tokens expanded (a processor that
+    Raises VlmtuneError when the ids are not `text` tokenised with only image tokens inserted (a processor that
     rewrites the text some other way), since the answers could then not be located.
     """
     spans = assistant_spans(text, spec)
@@ -94,20 +94,22 @@ def answer_tokens(text: str, input_ids: list[int], tokenizer: Any, spec: LabelSp
         ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
     # A token with empty offsets (rare, e.g. trimmed whitespace) counts as covering its first character.
     inside = [any(a < end and max(b, a + 1) > start for start, end in spans) for a, b in offsets]
+    # `input_ids` is `ids` with the processor's image expansion inserted: Qwen's and Mllama's image pads, Gemma 3's
+    # soft tokens with the `<end_of_image>` and newlines it wraps them in. Walk both: a token that is the next of
+    # `ids` takes its flag, any other is inserted and never in an answer (images sit in user turns). If the
+    # processor dropped or rewrote text instead, `ids` is not used up and the answers cannot be located.
     flags: list[bool] = []
     j = 0
     for token in input_ids:
         if j < len(ids) and token == ids[j]:
             flags.append(inside[j])
             j += 1
-        elif token in spec.image_ids:  # the processor's expansion of an image placeholder
-            flags.append(False)
         else:
-            break
-    if len(flags) != len(input_ids) or j != len(ids):
+            flags.append(False)
+    if j != len(ids):
         raise VlmtuneError(
-            f"the processor's token ids differ from the tokenised chat text beyond image tokens (at token "
-            f"{len(flags)} of {len(input_ids)}), so the assistant answers cannot be located",
+            f"the processor's token ids differ from the tokenised chat text beyond inserted image tokens (token "
+            f"{j} of {len(ids)} of the text is missing from them), so the assistant answers cannot be located",
             hint='set tuning.loss_on = "all", or report the model family',
         )
     return flags

@@ -4,24 +4,35 @@ Every box outside this module is `(x1, y1, x2, y2)` in pixels of the ORIGINAL im
 y down, `x1 <= x2`, `y1 <= y2`). The text form depends on the family, and the training targets and the
 benchmark's parser must use the same one (`families.py` says which family uses which):
 
-- `qwen2-vl-grid` (Qwen2-VL, Qwen3-VL):
+- `qwen2-vl-grid` (Qwen2-VL):
   `<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>`, integers on a
   0-1000 grid relative to the image side; several boxes are concatenated. Without the markers (decoded with
   `skip_special_tokens=True`) `label(x1,y1),(x2,y2)` is read too.
 - `qwen2.5-vl-json` (Qwen2.5-VL): `[{"bbox_2d": [x1, y1, x2, y2], "label": "..."}]` in integer pixels of the
   image *as the processor resized it* (`resized_size`), optionally inside a ```json fence.
+- `qwen3-vl-json` (Qwen3-VL): the same JSON, but in integers on the 0-1000 grid relative to the image side
+  (Qwen3-VL's grounding cookbooks; unlike Qwen2.5-VL, independent of the processor's resize).
+- `gemini-json` (Gemma 3, which has no box syntax of its own): `[{"box_2d": [y1, x1, y2, x2], "label": "..."}]`,
+  y first, integers on the 0-1000 grid. Chosen because it is the convention of Google's Gemini detection
+  prompts, the model line Gemma 3 is distilled from, so an untuned Gemma 3 asked for boxes in JSON most
+  often answers this way; a relative grid also fits Gemma's processor, which squashes every image to one
+  square whatever its aspect ratio, so the model never sees original pixel sizes.
 - `plain`: `[x1, y1, x2, y2]` in integer pixels of the original image, one list per line. It carries no
   labels: parsing returns `""` for each.
 
+A thinking model's reasoning (`<think>...</think>`, or only its end when the prompt opened it) is skipped.
+Every JSON format is parsed forgivingly: a list or a single object (or several objects in a row), fenced or
+not, with prose before or after; the first JSON value holding boxes wins over lists inside it.
+
 Rounding. Text coordinates are integers, so a round trip is exact only for boxes on the text's lattice and
-otherwise within half a step: grid `side / 2000` px, plain 0.5 px, JSON `0.5 * side / resized_side` px.
-Integer pixel boxes in an image whose sides divide 1000 (200, 250, 500, 1000) survive both the grid and
-`plain` exactly; the synthetic data is built that way.
+otherwise within half a step: the 0-1000 grid formats `side / 2000` px, plain 0.5 px, `qwen2.5-vl-json`
+`0.5 * side / resized_side` px. Integer pixel boxes in an image whose sides divide 1000 (200, 250, 500, 1000)
+survive the grid formats and `plain` exactly; the synthetic data is built that way.
 
 Each format is one `BoxFormat` entry in `BOX_FORMATS`: its text units per image side, a writer (the renderer
 vlmtune uses to write answers from a sample's `target.boxes`) and a reader (the parser of model output and of
-answers users wrote). A family with a new syntax adds one entry; e.g. Qwen3-VL's JSON in relative 0-1000
-coordinates is `BoxFormat(_grid_units, _write_json, _read_json, "grid 0-1000")`.
+answers users wrote). A family with a new syntax adds one entry; Qwen3-VL's JSON in relative 0-1000
+coordinates is `BoxFormat(_grid_units, _json_writer("bbox_2d"), _json_reader("bbox_2d"), "grid 0-1000")`.
 
 Parsing never raises on model output. Text around the boxes is ignored; anything wrong with a box
 (truncated, non-numeric, outside the image, zero area) makes `ok` False with a `reason`, while `boxes`
@@ -225,8 +236,18 @@ def _write_grid(written: Written, labels: list[str]) -> str:
     )
 
 
-def _write_json(written: Written, labels: list[str]) -> str:
-    return json.dumps([{"bbox_2d": list(w), "label": label} for w, label in zip(written, labels, strict=True)])
+def _json_writer(key: str, y_first: bool = False) -> Callable[[Written, list[str]], str]:
+    """JSON objects `{key: [x1, y1, x2, y2], "label": ...}` (`[y1, x1, y2, x2]` when `y_first`)."""
+
+    def write(written: Written, labels: list[str]) -> str:
+        return json.dumps(
+            [
+                {key: [b, a, d, c] if y_first else [a, b, c, d], "label": label}
+                for (a, b, c, d), label in zip(written, labels, strict=True)
+            ]
+        )
+
+    return write
 
 
 def _write_plain(written: Written, labels: list[str]) -> str:
@@ -262,26 +283,42 @@ def _read_grid(text: str, result: ParseResult, add: AddBox) -> None:
 
 
 def _json_items(text: str, result: ParseResult) -> list:
+    """The box objects of a JSON answer: every list of objects or lone object, in order, wherever it stands.
+
+    A fence is only a hint (its body is searched first); prose around the JSON is skipped. Decoding starts at each
+    `[` or `{` in turn and a decoded value's inside is not searched again, so `{"bbox_2d": [...]}` is one object,
+    not its coordinate list. Lists of non-objects (`[1, 2]`) are not boxes. Unbalanced brackets mean a cut-off
+    answer: the complete objects are kept and `result` fails as truncated.
+    """
     fenced = _FENCE.search(text)
     body = (fenced.group(1) if fenced else text).strip()
-    try:
-        value = json.loads(body)
-    except ValueError:
-        start, end = body.find("["), body.rfind("]")
+    decoder = json.JSONDecoder()
+    items: list = []
+    found = False
+    i = 0
+    while True:
+        starts = [p for p in (body.find("[", i), body.find("{", i)) if p >= 0]
+        if not starts:
+            break
+        start = min(starts)
         try:
-            value = json.loads(body[start : end + 1]) if 0 <= start < end else None
+            value, end = decoder.raw_decode(body, start)
         except ValueError:
-            value = None
-        if value is None:
-            result._fail("not valid JSON (truncated?)")
-            # Salvage the complete objects of a truncated list.
+            i = start + 1
+            continue
+        if isinstance(value, dict) or (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+            items += value if isinstance(value, list) else [value]
+            found = True
+            i = end
+        else:
+            i = start + 1
+    if body.count("[") != body.count("]") or body.count("{") != body.count("}"):
+        result._fail("not valid JSON (truncated?)")
+        if not found:  # salvage the complete objects of a cut-off list
             return [obj for obj in (_loads(m.group(0)) for m in re.finditer(r"\{[^{}]*\}", body)) if obj]
-    if isinstance(value, dict):
-        value = [value]
-    if not isinstance(value, list):
-        result._fail(f"expected a JSON list of objects, got {type(value).__name__}")
-        return []
-    return value
+    elif not found:
+        result._fail("no JSON list or object of boxes found")
+    return items
 
 
 def _loads(text: str) -> dict | None:
@@ -292,13 +329,21 @@ def _loads(text: str) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _read_json(text: str, result: ParseResult, add: AddBox) -> None:
-    for item in _json_items(text, result):
-        if not isinstance(item, dict) or not isinstance(item.get("bbox_2d"), list):
-            result._fail(f"item without a bbox_2d list: {item!r}"[:200])
-            continue
-        label = item.get("label", "")
-        add(item["bbox_2d"], label if isinstance(label, str) else str(label))
+def _json_reader(key: str, y_first: bool = False) -> Callable[[str, ParseResult, AddBox], None]:
+    """Reads what `_json_writer(key, y_first)` writes, forgivingly (see `_json_items`)."""
+
+    def read(text: str, result: ParseResult, add: AddBox) -> None:
+        for item in _json_items(text, result):
+            if not isinstance(item, dict) or not isinstance(item.get(key), list):
+                result._fail(f"item without a {key} list: {item!r}"[:200])
+                continue
+            values = item[key]
+            if y_first and len(values) == 4:
+                values = [values[1], values[0], values[3], values[2]]
+            label = item.get("label", "")
+            add(values, label if isinstance(label, str) else str(label))
+
+    return read
 
 
 def _read_plain(text: str, result: ParseResult, add: AddBox) -> None:
@@ -328,8 +373,12 @@ class BoxFormat:
 
 BOX_FORMATS: dict[str, BoxFormat] = {
     "qwen2-vl-grid": BoxFormat(_grid_units, _write_grid, _read_grid, "grid 0-1000"),
-    "qwen2.5-vl-json": BoxFormat(_resized_units, _write_json, _read_json),
+    "qwen2.5-vl-json": BoxFormat(_resized_units, _json_writer("bbox_2d"), _json_reader("bbox_2d")),
     "plain": BoxFormat(_pixel_units, _write_plain, _read_plain),
+    "qwen3-vl-json": BoxFormat(_grid_units, _json_writer("bbox_2d"), _json_reader("bbox_2d"), "grid 0-1000"),
+    "gemini-json": BoxFormat(
+        _grid_units, _json_writer("box_2d", y_first=True), _json_reader("box_2d", y_first=True), "grid 0-1000"
+    ),
 }
 FORMATS = tuple(BOX_FORMATS)
 
@@ -340,6 +389,12 @@ def parse_boxes(fmt: str, text: str, image_size: Size, resized_size: Size | None
     result = ParseResult()
     if not isinstance(text, str) or not text.strip():
         return result._fail("empty output")
+    # A thinking model (Qwen3.5) reasons before it answers, and its drafts may hold boxes: the answer is what
+    # follows the last `</think>`. Its prompt already opens the block, so the output may hold only the close.
+    if "</think>" in text:
+        text = text.rsplit("</think>", 1)[1]
+    elif "<think>" in text:
+        return result._fail("output ends inside a think block (truncated?)")
     scales = box_format.units(image_size, resized_size)
 
     def add(values: list, label: str) -> None:

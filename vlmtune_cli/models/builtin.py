@@ -81,10 +81,17 @@ def _corpus() -> list[str]:
     return lines
 
 
-def _build_tokenizer(special_tokens: tuple[str, ...] = SPECIAL_TOKENS, split: str | None = None, **kwargs):
+def _build_tokenizer(
+    special_tokens: tuple[str, ...] = SPECIAL_TOKENS,
+    split: str | None = None,
+    extra_corpus: list[str] | None = None,
+    **kwargs,
+):
     """A byte-level BPE of VOCAB_SIZE tokens trained on `_corpus()`, plus `special_tokens` (ids after the merges).
 
-    `split` is the pre-tokenizer regex (Qwen2's by default); `kwargs` name the eos/pad/bos tokens.
+    `split` is the pre-tokenizer regex (Qwen2's by default); `extra_corpus` adds lines to learn from (a family's
+    own words; the default corpus stays as it is, so the existing tiny models do not change); `kwargs` name the
+    eos/pad/bos tokens.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -103,7 +110,7 @@ def _build_tokenizer(special_tokens: tuple[str, ...] = SPECIAL_TOKENS, split: st
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus() + list(extra_corpus or []), trainer=trainer)
     tok.add_special_tokens(list(special_tokens))
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -389,6 +396,30 @@ def build_tiny_mllama(out_dir: Path, seed: int = 0) -> None:
     _atomic_build(out_dir, "tiny-mllama", _write_tiny_mllama, seed)
 
 
+def build_tiny_qwen3_vl(out_dir: Path, seed: int = 0) -> None:
+    """Write a tiny random Qwen3-VL (about 331k parameters; DeepStack mergers, 16-px patches) with the Qwen2
+    tokenizer and Qwen3-VL's ChatML template (builtin_qwen3.py). Deterministic and atomic."""
+    from vlmtune_cli.models.builtin_qwen3 import write_tiny_qwen3_vl
+
+    _atomic_build(out_dir, "tiny-qwen3-vl", write_tiny_qwen3_vl, seed)
+
+
+def build_tiny_gemma3(out_dir: Path, seed: int = 0) -> None:
+    """Write a tiny random Gemma 3 (about 150k parameters; SigLIP tower, pooled soft tokens, sliding and global
+    layers) with a Gemma-style tokenizer and chat template (builtin_gemma3.py). Deterministic and atomic."""
+    from vlmtune_cli.models.builtin_gemma3 import write_tiny_gemma3
+
+    _atomic_build(out_dir, "tiny-gemma3", write_tiny_gemma3, seed)
+
+
+def build_tiny_qwen3_5(out_dir: Path, seed: int = 0) -> None:
+    """Write a tiny random Qwen3.5 (about 340k parameters; 3 linear-attention layers to 1 full-attention layer)
+    with a Qwen3.5-style tokenizer and thinking chat template (builtin_qwen3.py). Deterministic and atomic."""
+    from vlmtune_cli.models.builtin_qwen3 import write_tiny_qwen3_5
+
+    _atomic_build(out_dir, "tiny-qwen3.5", write_tiny_qwen3_5, seed)
+
+
 def remove_leftovers(out_dir: Path) -> None:
     """Delete what killed builds of `out_dir` left behind. Call only while no build of it runs."""
     out_dir = Path(out_dir)
@@ -410,5 +441,8 @@ BUILDERS = {
     "builtin:tiny-qwen2-vl": ("tiny-qwen2-vl", build_tiny_qwen2_vl),
     "builtin:tiny-qwen2.5-vl": ("tiny-qwen2.5-vl", build_tiny_qwen2_5_vl),
     "builtin:tiny-mllama": ("tiny-mllama", build_tiny_mllama),
+    "builtin:tiny-qwen3-vl": ("tiny-qwen3-vl", build_tiny_qwen3_vl),
+    "builtin:tiny-gemma3": ("tiny-gemma3", build_tiny_gemma3),
+    "builtin:tiny-qwen3.5": ("tiny-qwen3.5", build_tiny_qwen3_5),
 }
 """Built-in model name -> (cache directory name, builder). Names must match `schema.BUILTIN_MODELS`."""

@@ -1,8 +1,9 @@
 """Everything vlmtune knows about each supported model family, in one table.
 
 Supporting a new family means adding one `Family` entry to `FAMILIES` (and, if its box syntax is new, one
-`BoxFormat` entry, writer and parser, in boxes.py). The module prefixes below were read off real model instances
-in transformers 5.23; a parameter that matches none of them is an error, never silently left out of freezing.
+`BoxFormat` entry, writer and parser, in boxes.py); docs/families.md walks through it. The module prefixes below
+were read off real model instances (transformers 5.23 for the first three, 5.24 for Qwen3-VL, Qwen3.5 and
+Gemma 3); a parameter that matches none of them is an error, never silently left out of freezing.
 
 Imports nothing heavy: recipe validation and `--help` may use it.
 """
@@ -98,21 +99,67 @@ FAMILIES: tuple[Family, ...] = (
         end_of_turn="<|eot_id|>",
         box_format="plain",  # no native box syntax: [x1, y1, x2, y2] in original-image pixels
     ),
+    replace(
+        _QWEN2_VL,
+        name="qwen3-vl",
+        model_types=("qwen3_vl",),
+        # model.visual: patch_embed, a learned position grid (pos_embed), blocks, the merger and the DeepStack
+        # mergers (deepstack_merger_list), which project the features of intermediate blocks into the first LLM
+        # layers. All mergers map vision features to the LLM width, as Qwen2-VL's merger does: projector.
+        vision_prefixes=("model.visual.patch_embed.", "model.visual.pos_embed.", "model.visual.blocks."),
+        projector_prefixes=("model.visual.merger.", "model.visual.deepstack_merger_list."),
+        box_format="qwen3-vl-json",  # {"bbox_2d": [x1, y1, x2, y2]} on a 0-1000 grid
+        image_only_processor="vlmtune_cli.models.qwen_processor:Qwen3VLImageOnlyProcessor",
+    ),
+    replace(
+        _QWEN2_VL,
+        name="qwen3.5",
+        model_types=("qwen3_5",),
+        # Qwen3-VL's vision tower without DeepStack; the hybrid (linear-attention) layers are all in the LLM.
+        vision_prefixes=("model.visual.patch_embed.", "model.visual.pos_embed.", "model.visual.blocks."),
+        projector_prefixes=("model.visual.merger.",),
+        box_format="qwen3-vl-json",  # Qwen3-VL's grounding format, which Qwen3.5 keeps
+        image_only_processor="vlmtune_cli.models.qwen_processor:Qwen3VLImageOnlyProcessor",
+    ),
+    Family(
+        name="gemma3",
+        model_types=("gemma3",),
+        vision_prefixes=("model.vision_tower.",),  # SigLIP
+        projector_prefixes=("model.multi_modal_projector.",),  # average pooling, RMSNorm, one matrix
+        # Gemma 3 ties lm_head to the input embeddings: named_parameters() lists the shared weight once, under
+        # model.language_model.embed_tokens; "lm_head." covers checkpoints that untie it.
+        llm_prefixes=("model.language_model.", "lm_head."),
+        image_tokens=("<start_of_image>", "<image_soft_token>", "<end_of_image>"),
+        assistant_header="<start_of_turn>model\n",
+        end_of_turn="<end_of_turn>",
+        box_format="gemini-json",  # no native box syntax: {"box_2d": [y1, x1, y2, x2]} on a 0-1000 grid
+    ),
 )
+FAMILIES_DOC = "docs/families.md"
 
 
 def supported_model_types() -> list[str]:
     return sorted(t for family in FAMILIES for t in family.model_types)
 
 
-def family_for_model_type(model_type: str) -> Family:
-    """The family a `config.model_type` belongs to. Raises UsageError for an unsupported one."""
+def supported_families() -> str:
+    """The families and their `config.model_type` values, for messages: "qwen2-vl (qwen2_vl), ..."."""
+    return ", ".join(f"{family.name} ({', '.join(family.model_types)})" for family in FAMILIES)
+
+
+def family_for_model_type(model_type: str, model_name: str | None = None) -> Family:
+    """The family a `config.model_type` belongs to. Raises UsageError for an unsupported one.
+
+    `model_name` (the recipe's `model.name`) only makes the message say which checkpoint it is about.
+    """
     for family in FAMILIES:
         if model_type in family.model_types:
             return family
+    subject = f"model.name = {model_name!r} is a {model_type!r} model" if model_name else f"model type {model_type!r}"
     raise UsageError(
-        f"model type {model_type!r} is not supported; supported: {', '.join(supported_model_types())}",
-        hint="a new family is one entry in vlmtune_cli/families.py",
+        f"{subject}, a family vlmtune does not support; supported families: {supported_families()}",
+        hint=f"{FAMILIES_DOC} explains how to add a family (an entry in vlmtune_cli/models/families.py, "
+        "a tiny built-in model, a box format)",
     )
 
 
@@ -162,5 +209,5 @@ def component_of(family: Family, param_name: str) -> Component:
         return component
     raise VlmtuneError(
         f"{param_name!r} belongs to none of the {family.name} components (vision, projector, llm)",
-        hint="the model's module names differ from what vlmtune_cli/families.py expects for this family",
+        hint="the model's module names differ from what vlmtune_cli/models/families.py expects for this family",
     )

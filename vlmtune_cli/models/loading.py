@@ -7,7 +7,9 @@ Freezing works per component (vision encoder, projector, language model), each `
 - no component on `lora`: no PEFT at all, `full` components simply get `requires_grad`;
 - some on `lora`: adapters go on explicitly named modules of those components only (PEFT's `all-linear` would
   also hit the vision tower and merger), and `full` components become PEFT `modules_to_save`, so that the
-  adapter checkpoint carries them too (parameters merely set to `requires_grad` would train but not be saved).
+  adapter checkpoint carries them too (parameters merely set to `requires_grad` would train but not be saved);
+- a component on `lora` (with `all-linear` targets) that has no linear layer at all, such as Gemma 3's projector
+  (one bare matrix), trains as `full`, with a warning: LoRA could not touch it.
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ def load_processor(
         config = AutoConfig.from_pretrained(path, **kwargs)
     except OSError as error:
         raise _not_found(model_section, path, error) from error
+    # An unsupported family is a usage error (exit 2) whatever its processor does: say so before trying to load
+    # a processor that may need torchvision or remote code.
+    family_for_model_type(config.model_type, model_section.name)
     qwen_processor.register()
     if from_dir is not None:
         path = str(from_dir)
@@ -242,7 +247,7 @@ def load_family(model_section: ModelSection, cache_dir: Path) -> Family:
         )
     except OSError as error:
         raise _not_found(model_section, path, error) from error
-    return family_for_model_type(config.model_type)
+    return family_for_model_type(config.model_type, model_section.name)
 
 
 def rope_index(model):
@@ -328,6 +333,20 @@ def apply_tuning(model, tuning: TuningSection, lora: LoraSection, *, seed: int |
     family = family_of(model)
     modes = {"vision": tuning.vision, "projector": tuning.projector, "llm": tuning.llm}
     lora_parts = {c for c, mode in modes.items() if mode == "lora"}
+    if lora.target_modules == "all-linear":
+        for component in sorted(lora_parts - _components_with_linear_layers(model, family)):
+            # Gemma 3's projector is one bare matrix: LoRA has nothing to adapt there, and a silent no-op would
+            # leave it frozen although the recipe asks it to train. It trains fully instead (saved with the
+            # adapter, as `full` components are), and the user is told.
+            modes[component] = "full"
+            size = sum(p.numel() for n, p in model.named_parameters() if component_of(family, n) == component)
+            from vlmtune_cli.console import err_console
+
+            err_console.print(
+                f"[yellow]{family.name}'s {component} has no linear layer for LoRA: it trains fully instead "
+                f"({size:,} parameters, saved with the adapter)[/]"
+            )
+    lora_parts = {c for c, mode in modes.items() if mode == "lora"}
     full_parts = {c for c, mode in modes.items() if mode == "full"}
     for name, param in model.named_parameters():
         param.requires_grad_(component_of(family, name) in full_parts and not lora_parts)
@@ -359,6 +378,19 @@ def apply_tuning(model, tuning: TuningSection, lora: LoraSection, *, seed: int |
         )
     _keep_trainable_in_float32(model)
     return model
+
+
+def _components_with_linear_layers(model, family: Family) -> set[str]:
+    import torch
+
+    head = model.get_output_embeddings()
+    return {
+        component
+        for name, module in model.named_modules()
+        if name and isinstance(module, torch.nn.Linear) and module is not head
+        for component in [find_component(family, name)]
+        if component is not None
+    }
 
 
 def _keep_trainable_in_float32(model) -> None:
