@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlmtune_cli.models.builtin import _build_tokenizer
+from vlmtune_cli.models.builtin_parts import _build_tokenizer
 
 GEMMA3_SPECIAL_TOKENS = (
     "<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>",

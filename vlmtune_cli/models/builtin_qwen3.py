@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlmtune_cli.models.builtin import SPECIAL_TOKENS, _build_tokenizer, _qwen_text_config, _qwen_token_ids
+from vlmtune_cli.models.builtin_parts import SPECIAL_TOKENS, _build_tokenizer, _qwen_text_config, _qwen_token_ids
 
 # Qwen3-VL-Instruct's template, minus videos, tools and `add_vision_id`: unlike Qwen2-VL's it writes no system
 # turn unless the conversation has one.
