@@ -28,9 +28,11 @@ class _FriendlyErrors(TyperGroup):
         except VlmtuneError as exc:
             if os.environ.get("VLMTUNE_DEBUG"):
                 raise
-            err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            from rich.markup import escape  # messages quote library errors, e.g. gloo's "[.../pair.cc:553]"
+
+            err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
             if exc.hint:
-                err_console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+                err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
             raise typer.Exit(exc.exit_code) from None
 
 

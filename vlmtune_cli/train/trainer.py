@@ -25,6 +25,7 @@ from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import UsageError, VlmtuneError
 from vlmtune_cli.fsutil import exclusive_lock, is_rank_zero, replace_dir
 from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for, write_atomic, write_env
+from vlmtune_cli.train.ranks import from_rank_zero, init_from_env
 
 
 @dataclass
@@ -55,7 +56,9 @@ def train(
     keeping the learning-rate schedule planned for all of `training.epochs`. `per_step_walks`: see `VlmtuneTrainer`.
     Raises UsageError for a recipe that cannot run (bad data, nothing to train), VlmtuneError when training fails,
     UsageError when another process is training in the same run directory (see `_run_dir_lock`).
+    Under torch.distributed, rank 0 alone prepares the run directory and chooses the checkpoint (ranks.py).
     """
+    init_from_env()
     run = run_dir_for(recipe, settings.runs_dir)
     with _run_dir_lock(run):
         return _train_locked(recipe, settings, run, overwrite, require_resume, stop_at_epoch, argv, per_step_walks)
@@ -72,9 +75,8 @@ def _train_locked(
     per_step_walks: bool,
 ) -> TrainResult:
     started = time.monotonic()
-    prepare_run_dir(run, recipe, overwrite=overwrite)
-    write_env(run, argv)
-    checkpoint = _checkpoint_to_resume(run, require_resume)
+    # Rank 0 alone deletes (--overwrite), writes and reads the run directory; the others wait for its answer.
+    checkpoint = from_rank_zero(lambda: _prepare(run, recipe, overwrite, require_resume, argv))
 
     from vlmtune_cli.models import loading
 
@@ -90,7 +92,7 @@ def _train_locked(
     if checkpoint is not None and not recipe.uses_lora:
         _restore_full_weights(model, checkpoint)
 
-    from vlmtune_cli.train.sft_trainer import NonFiniteLoss  # TRL is imported by now: build_trainer needs it
+    from vlmtune_cli.train.sft_trainer import NonFiniteStep  # TRL is imported by now: build_trainer needs it
 
     trainer = build_trainer(
         recipe, run, model, processor, train_set, eval_set, stop_at_epoch=stop_at_epoch, per_step_walks=per_step_walks
@@ -98,15 +100,19 @@ def _train_locked(
     if checkpoint is not None and not recipe.uses_lora:
         # The weights are restored already; the trainer's own attempt would only log every key as missing.
         trainer._load_from_checkpoint = lambda *args, **kwargs: None
-    if checkpoint is not None:
+    if checkpoint is not None and is_rank_zero():
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         err_console.print(f"resuming from {checkpoint} (step {state['global_step']}, epoch {state['epoch']:g})")
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except NonFiniteLoss as exc:
-        kept = run.latest_checkpoint()
+    except NonFiniteStep as exc:
+        # Every rank raises at the same step (the ranks agreed), so one more collective here is safe.
+        kept = from_rank_zero(run.latest_checkpoint)
+        where = f" on rank {exc.rank}" if exc.rank is not None else ""
+        finite = " while the loss was finite" if exc.quantity == "gradient norm" else ""
         raise VlmtuneError(
-            f"the loss became {exc.value} at step {exc.step}; training stopped before that step's update",
+            f"the {exc.quantity} became {exc.value} at step {exc.step}{where}{finite}; "
+            "training stopped before that step's update",
             hint=(f"the last good checkpoint is {kept}" if kept else "no checkpoint was saved before it")
             + '; lower training.lr, check the data, or use precision = "fp32"',
         ) from None
@@ -146,6 +152,8 @@ def _train_locked(
         time.monotonic() - started,
         finished,
     )
+    if not is_rank_zero():
+        return result
     write_atomic(
         run.summary_file,
         json.dumps(
@@ -226,6 +234,13 @@ def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool) -> Any:
 
 
 # --- steps of `train` ----------------------------------------------------------------------------
+
+
+def _prepare(run: RunDir, recipe: Recipe, overwrite: bool, require_resume: bool, argv: list[str] | None) -> Path | None:
+    """Rank 0's part: the run directory made ready for `recipe`, `env.json` written; the checkpoint to resume."""
+    prepare_run_dir(run, recipe, overwrite=overwrite)
+    write_env(run, argv)
+    return _checkpoint_to_resume(run, require_resume)
 
 
 def _checkpoint_to_resume(run: RunDir, require_resume: bool) -> Path | None:
@@ -354,11 +369,20 @@ def _run_dir_lock(run: RunDir) -> Iterator[None]:
 
     The lock file sits next to the run directory (so `--overwrite` can delete the directory) and is never
     deleted; the kernel drops the lock when its holder exits however it exits, so a crash leaves nothing
-    stuck. Under torch.distributed only rank 0 (env `RANK`) takes it: the other ranks train the same run.
+    stuck. Under torch.distributed only rank 0 (env `RANK`) takes it: the other ranks train the same run, and
+    learn from rank 0 when it could not take it (the same error on every rank, none left waiting).
     """
-    if not is_rank_zero():
+    with contextlib.ExitStack() as stack:
+
+        def take() -> None:
+            stack.enter_context(_hold_run_dir_lock(run))
+
+        from_rank_zero(take)
         yield
-        return
+
+
+@contextlib.contextmanager
+def _hold_run_dir_lock(run: RunDir) -> Iterator[None]:
     import socket
 
     path = run.path.parent / f".{run.path.name}.lock"
