@@ -6,16 +6,19 @@ Run as a script in place of `python -m vlmtune_cli`, one process per rank:
 `VLMTUNE_TEST_FAULT=KIND:RANK:STEP` makes optimizer step STEP (1-based) on rank RANK go wrong:
   loss   the micro-batch's loss is infinite (what an overflow in the forward pass gives)
   grad   the loss is untouched and finite, its gradient infinite (an overflow in the backward pass)
+  kill   SIGKILL at the end of the checkpoint save of step STEP: after the trainer wrote every file, before
+         the checkpoint is marked complete (the moment Trainer's own rotation used to delete the older ones)
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 import torch
 
-from vlmtune_cli.train import sft_trainer
+from vlmtune_cli.train import callbacks, sft_trainer
 
 KIND, RANK, STEP = os.environ["VLMTUNE_TEST_FAULT"].split(":")
 THIS_RANK = int(os.environ.get("RANK", "0"))
@@ -44,6 +47,17 @@ def compute_loss(self: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 sft_trainer.VlmtuneTrainer.compute_loss = compute_loss
+
+_on_save = callbacks.MarkCheckpointComplete.on_save
+
+
+def on_save(self: Any, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    if KIND == "kill" and THIS_RANK == int(RANK) and state.global_step == int(STEP):
+        os.kill(os.getpid(), signal.SIGKILL)
+    _on_save(self, args, state, control, **kwargs)
+
+
+callbacks.MarkCheckpointComplete.on_save = on_save
 
 if __name__ == "__main__":
     from vlmtune_cli.cli import main

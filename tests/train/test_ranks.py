@@ -1,7 +1,8 @@
 """Several ranks as SLURM starts them: N plain processes with env:// variables (`srun` does not kill the others
 when one dies unless told to), so a rank that stops alone shows up as a hang, caught by a timeout.
 
-Each run is the tiny smoke recipe for a few steps under 2 gloo processes (~20–40 s on 2 cores).
+Each run is the tiny smoke recipe for a few steps under 2 gloo processes (~20–40 s on 2 free cores). The timeout
+(300 s) is a hang detector, generous because the test machine is shared.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def launch(
     cache: Path,
     *,
     nproc: int = 2,
-    timeout: float = 90,
+    timeout: float = 300,
     env: dict[str, str] | None = None,
     rank_env: dict[int, dict[str, str]] | None = None,
 ) -> list[Rank]:
@@ -236,3 +237,20 @@ def test_a_chain_link_only_rank_0_sees_trained_is_done_on_every_rank(tmp_path: P
     for number, rank in enumerate(ranks):
         assert rank.returncode == 0, f"rank {number}: exit {rank.returncode}\n{rank.stderr[-3000:]}"
     assert not (tmp_path / "rank1").exists(), "rank 1 neither prepared nor trained anything"
+
+
+def test_two_ranks_train_an_llm_only_tuning_without_the_unused_parameter_walk(tmp_path: Path, cache_dir: Path) -> None:
+    """The common LoRA tuning (language model only) trains under DDP with find_unused_parameters False, and only
+    rank 0 writes a TensorBoard event file."""
+    import torch
+
+    runs = tmp_path / "runs"
+    ranks = launch(train_args("tuning.vision=frozen", "tuning.projector=frozen", "tuning.llm=lora"), runs, cache_dir)
+    for number, rank in enumerate(ranks):
+        assert rank.returncode == 0, f"rank {number}: exit {rank.returncode}\n{rank.stderr[-3000:]}"
+    run = runs / "smoke"
+    assert (run / "final" / "COMPLETE").is_file()
+    args = torch.load(run / "checkpoints" / "checkpoint-2" / "training_args.bin", weights_only=False)
+    assert args.ddp_find_unused_parameters is False and args.world_size == 2
+    events = sorted(p.name for p in (run / "logs").rglob("events.out.tfevents.*"))
+    assert len(events) == 1, events

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from vlmtune_cli.errors import UsageError, VlmtuneError
 from vlmtune_cli.fsutil import is_rank_zero
+
+if TYPE_CHECKING:
+    from vlmtune_cli.config.schema import TuningSection
 
 T = TypeVar("T")
 
@@ -90,3 +93,26 @@ def from_rank_zero(compute: Callable[[], T]) -> T:
         _, exit_code, message, hint = outcome
         raise (UsageError if exit_code == UsageError.exit_code else VlmtuneError)(message, hint=hint)
     return outcome[1]  # type: ignore[return-value]
+
+
+CROSS_ATTENTION_MODEL_TYPES = ("mllama",)
+"""Families whose language model reads the image through cross-attention layers that text-only batches skip."""
+
+
+def ddp_find_unused_parameters(tuning: TuningSection, model_type: str | None) -> bool:
+    """DDP's `find_unused_parameters` for a tuning: True only where a trainable parameter can miss a backward pass.
+
+    With it False, DDP skips walking the autograd graph at every step; with a trainable parameter that some
+    forward pass does not reach, DDP would then fail at the next step ("Expected to have finished reduction").
+    Which tunings can leave a trainable parameter without a gradient:
+    - `vision` trains (lora/full): a micro-batch of text-only samples never runs the vision tower; some families
+      also take features from an inner layer (LLaVA-style `vision_feature_layer = -2`), so the last layers get
+      no gradient at all.
+    - `projector` trains: text-only micro-batches skip it too.
+    - `llm` trains in a cross-attention family (Mllama): text-only micro-batches skip the cross-attention layers.
+    Otherwise (an `llm`-only tuning of a decoder-only language model, the common LoRA set-up) every trainable
+    parameter takes part in every forward pass: False. `training.extra.ddp_find_unused_parameters` overrides it.
+    """
+    if tuning.vision != "frozen" or tuning.projector != "frozen":
+        return True
+    return tuning.llm != "frozen" and model_type in CROSS_ATTENTION_MODEL_TYPES

@@ -25,7 +25,7 @@ from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import UsageError, VlmtuneError
 from vlmtune_cli.fsutil import exclusive_lock, is_rank_zero, replace_dir
 from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for, write_atomic, write_env
-from vlmtune_cli.train.ranks import from_rank_zero, init_from_env
+from vlmtune_cli.train.ranks import ddp_find_unused_parameters, from_rank_zero, init_from_env
 
 
 @dataclass
@@ -82,6 +82,9 @@ def _train_locked(
 
     if recipe.model.trust_remote_code:
         err_console.print(f"[yellow]model.trust_remote_code = true: running code shipped with {recipe.model.name}[/]")
+    # Rank 0 builds a built-in model into the cache while the others wait: with the process group up,
+    # transformers' save_pretrained writes nothing on ranks > 0, so a build there would come out empty.
+    from_rank_zero(lambda: loading.resolve_model_path(recipe.model.name, settings.cache_dir))
     processor = loading.load_processor(recipe.model, recipe.data, settings.cache_dir)
     family = loading.load_family(recipe.model, settings.cache_dir)
     train_set, eval_set = _encoded_splits(recipe, processor, family, settings.cache_dir)
@@ -173,8 +176,11 @@ def _train_locked(
     return result
 
 
-def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool) -> Any:
-    """The seed's `create_training_config`: a recipe → TRL's SFTConfig. Raises UsageError for bad `training.extra`."""
+def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool, model_type: str | None = None) -> Any:
+    """The seed's `create_training_config`: a recipe → TRL's SFTConfig. Raises UsageError for bad `training.extra`.
+
+    `model_type` (the model's `config.model_type`) decides, with the tuning, DDP's find_unused_parameters (ranks.py).
+    """
     import torch
     from trl import SFTConfig
 
@@ -219,6 +225,9 @@ def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool) -> Any:
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
         max_length=None,
+        # TRL's default (True) walks the autograd graph at every step; only needed where a trainable parameter
+        # can miss a backward pass (ranks.ddp_find_unused_parameters says which tunings).
+        ddp_find_unused_parameters=ddp_find_unused_parameters(recipe.tuning, model_type),
     )
     known = set(SFTConfig.__dataclass_fields__)
     for key, value in t.extra.items():
@@ -312,9 +321,15 @@ def build_trainer(
     from vlmtune_cli.train.callbacks import MarkCheckpointComplete, QuietLogLines, StopAtEpoch, StopOnRequest
     from vlmtune_cli.train.sft_trainer import VlmtuneTrainer
 
-    args = build_sft_config(recipe, run, has_eval=eval_set is not None)
-    callbacks: list[Any] = [MarkCheckpointComplete(), StopOnRequest()]
-    if "tensorboard" in recipe.training.report_to:
+    args = build_sft_config(
+        recipe, run, has_eval=eval_set is not None, model_type=getattr(model.config, "model_type", None)
+    )
+    # Trainer deletes old checkpoints (save_total_limit) inside its save, before `on_save` marks the new one
+    # complete: a kill in between, with save_total_limit = 1, would leave no complete checkpoint at all. So Trainer
+    # keeps them all and MarkCheckpointComplete rotates right after marking.
+    keep, args.save_total_limit = args.save_total_limit, None
+    callbacks: list[Any] = [MarkCheckpointComplete(run, keep), StopOnRequest()]
+    if "tensorboard" in recipe.training.report_to and is_rank_zero():  # one event file, not one per rank
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.logs))))
     if stop_at_epoch is not None:
         callbacks.append(StopAtEpoch(stop_at_epoch))
