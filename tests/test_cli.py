@@ -123,3 +123,11 @@ def test_invalid_workspace_file_is_a_message(workspace: Path) -> None:
     result = runner.invoke(app, ["train", str(RECIPES / "v2.toml"), "--dry-run"])
     assert result.exit_code == 2
     assert "workspace settings" in result.stderr
+
+
+def test_messages_are_printed_verbatim_even_with_square_brackets(workspace: Path) -> None:
+    """Messages quote paths and library errors (gloo: "[.../pair.cc:553] Connection closed"); rich must not read
+    them as markup (it raised MarkupError instead of printing the message)."""
+    result = CliRunner().invoke(app, ["train", "missing[/x].toml"])
+    assert result.exit_code == 2
+    assert "error: missing[/x].toml: recipe file not found" in " ".join(result.stderr.split())
