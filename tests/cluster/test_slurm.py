@@ -169,14 +169,14 @@ def test_bad_submit_input(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_two_trainings_cannot_hold_one_run_directory(tmp_path: Path) -> None:
-    from vlmtune_cli.train.trainer import _run_dir_lock
+    from vlmtune_cli.train.run_lock import run_dir_lock
 
     run = RunDir(tmp_path / "runs" / "smoke")
-    with _run_dir_lock(run):
+    with run_dir_lock(run):
         with pytest.raises(UsageError, match="is being trained by pid"):
-            with _run_dir_lock(run):
+            with run_dir_lock(run):
                 pass
-    with _run_dir_lock(run):  # released: the next one gets it
+    with run_dir_lock(run):  # released: the next one gets it
         pass
 
 

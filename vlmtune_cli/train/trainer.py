@@ -6,15 +6,12 @@ Heavy imports live inside functions; importing this module is cheap, calling `tr
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import errno
 import json
 import math
-import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +20,10 @@ from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.config.settings import Settings
 from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import UsageError, VlmtuneError
-from vlmtune_cli.fsutil import exclusive_lock, is_rank_zero, replace_dir
+from vlmtune_cli.fsutil import is_rank_zero, replace_dir
 from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for, write_atomic, write_env
 from vlmtune_cli.train.ranks import ddp_find_unused_parameters, from_rank_zero, init_from_env
+from vlmtune_cli.train.run_lock import run_dir_lock
 
 
 @dataclass
@@ -55,12 +53,12 @@ def train(
     `stop_at_epoch` ends the run early at that epoch boundary with a checkpoint (one link of a chain) while
     keeping the learning-rate schedule planned for all of `training.epochs`. `per_step_walks`: see `VlmtuneTrainer`.
     Raises UsageError for a recipe that cannot run (bad data, nothing to train), VlmtuneError when training fails,
-    UsageError when another process is training in the same run directory (see `_run_dir_lock`).
+    UsageError when another process is training in the same run directory (see run_lock.py).
     Under torch.distributed, rank 0 alone prepares the run directory and chooses the checkpoint (ranks.py).
     """
     init_from_env()
     run = run_dir_for(recipe, settings.runs_dir)
-    with _run_dir_lock(run):
+    with run_dir_lock(run):
         return _train_locked(recipe, settings, run, overwrite, require_resume, stop_at_epoch, argv, per_step_walks)
 
 
@@ -373,51 +371,3 @@ def _save_final(trainer: Any, processor: Any, run: RunDir) -> Path:
 def _last_loss(history: list[dict[str, Any]]) -> float | None:
     losses = [entry["loss"] for entry in history if "loss" in entry and math.isfinite(entry["loss"])]
     return losses[-1] if losses else None
-
-
-# --- one trainer per run directory ---------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _run_dir_lock(run: RunDir) -> Iterator[None]:
-    """Hold an exclusive `fcntl.flock` on `<runs_dir>/.<variant>.lock` while training into `run`.
-
-    The lock file sits next to the run directory (so `--overwrite` can delete the directory) and is never
-    deleted; the kernel drops the lock when its holder exits however it exits, so a crash leaves nothing
-    stuck. Under torch.distributed only rank 0 (env `RANK`) takes it: the other ranks train the same run, and
-    learn from rank 0 when it could not take it (the same error on every rank, none left waiting).
-    """
-    with contextlib.ExitStack() as stack:
-
-        def take() -> None:
-            stack.enter_context(_hold_run_dir_lock(run))
-
-        from_rank_zero(take)
-        yield
-
-
-@contextlib.contextmanager
-def _hold_run_dir_lock(run: RunDir) -> Iterator[None]:
-    import socket
-
-    path = run.path.parent / f".{run.path.name}.lock"
-    with contextlib.ExitStack() as stack:
-        try:
-            run.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = stack.enter_context(exclusive_lock(path, wait=False))
-        except BlockingIOError:
-            holder = path.read_text(encoding="utf-8").strip() or "another process"
-            raise UsageError(
-                f"{run.path} is being trained by {holder}; two trainings cannot write one run directory",
-                hint="wait for it to end (`vlmtune chain status` for a chain), or give this recipe its own `variant`",
-            ) from None
-        except OSError as exc:
-            raise UsageError(
-                f"cannot write to runs_dir {run.path.parent}: {exc.strerror or exc}",
-                hint="set runs_dir in vlmtune.toml or VLMTUNE_RUNS_DIR to a writable folder",
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
-        yield
