@@ -217,3 +217,11 @@ def test_help_shows_flags_as_flags(command: list[str]) -> None:
 def test_a_flag_refuses_a_value(workspace: Path) -> None:
     result = runner.invoke(app, ["train", str(RECIPES / "smoke.toml"), "--dry-run", "true"])
     assert result.exit_code == 2 and "unexpected extra argument" in result.stderr
+
+
+def test_messages_are_printed_verbatim_even_with_square_brackets(workspace: Path) -> None:
+    """Messages quote paths and library errors (gloo: "[.../pair.cc:553] Connection closed"); rich must not read
+    them as markup (it raised MarkupError instead of printing the message)."""
+    result = CliRunner().invoke(app, ["train", "missing[/x].toml"])
+    assert result.exit_code == 2
+    assert "error: missing[/x].toml: recipe file not found" in " ".join(result.stderr.split())

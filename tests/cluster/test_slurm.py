@@ -67,6 +67,26 @@ def test_flags_beat_recipe_beat_workspace_defaults() -> None:
     assert cpu_ddp["ntasks_per_node"] == 2 and "additional_parameters" not in cpu_ddp
 
 
+def test_gpu_jobs_get_cpu_and_memory_defaults_and_every_job_kills_its_ranks_on_a_bad_exit() -> None:
+    gpu = sbatch_parameters(smoke("slurm.gpus_per_node=4").slurm, Settings(), SlurmFlags(), job_name="j")
+    assert (gpu["cpus_per_task"], gpu["mem"]) == (8, "128G"), "8 cores and 32G per task (--mem is per node)"
+    own = sbatch_parameters(
+        smoke("slurm.gpus_per_node=2", "slurm.cpus_per_task=3", "slurm.mem=20G").slurm,
+        Settings(),
+        SlurmFlags(),
+        job_name="j",
+    )
+    assert (own["cpus_per_task"], own["mem"]) == (3, "20G"), "the recipe wins"
+    flag = sbatch_parameters(smoke().slurm, Settings(), SlurmFlags(gpus_per_node=1), job_name="j")
+    assert (flag["cpus_per_task"], flag["mem"]) == (8, "32G")
+    cpu = sbatch_parameters(smoke().slurm, Settings(), SlurmFlags(), job_name="j")
+    assert "cpus_per_task" not in cpu and "mem" not in cpu, "CPU-only jobs keep the cluster's defaults"
+    for params in (gpu, own, flag, cpu):
+        script = sbatch_script(params, Path("/runs/x/slurm"), python="/venv/bin/python")
+        srun = [line for line in script.splitlines() if line.startswith("srun ")]
+        assert len(srun) == 1 and " --kill-on-bad-exit=1 " in srun[0]
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [
@@ -149,14 +169,14 @@ def test_bad_submit_input(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_two_trainings_cannot_hold_one_run_directory(tmp_path: Path) -> None:
-    from vlmtune_cli.train.trainer import _run_dir_lock
+    from vlmtune_cli.train.run_lock import run_dir_lock
 
     run = RunDir(tmp_path / "runs" / "smoke")
-    with _run_dir_lock(run):
+    with run_dir_lock(run):
         with pytest.raises(UsageError, match="is being trained by pid"):
-            with _run_dir_lock(run):
+            with run_dir_lock(run):
                 pass
-    with _run_dir_lock(run):  # released: the next one gets it
+    with run_dir_lock(run):  # released: the next one gets it
         pass
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import RECIPES
+from ..conftest import RECIPES, REPO
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +25,17 @@ RUN = [
     "training.epochs=4",
     "training.save_steps=2",
     "training.save_total_limit=50",
+    "training.eval_steps=100",
+    "training.logging_steps=1",
+]
+
+
+# 16 samples → 13 train → 4 steps per epoch; 3 steps, a checkpoint after each.
+TINY = [
+    "data.num_samples=16",
+    "data.max_samples=16",
+    "training.max_steps=3",
+    "training.save_steps=1",
     "training.eval_steps=100",
     "training.logging_steps=1",
 ]
@@ -249,3 +260,31 @@ def test_secrets_in_the_environment_never_reach_the_run_directory(tmp_path: Path
     leaks = [str(p) for p in (tmp_path / "runs").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert leaks == []
     assert secret not in done.stdout + done.stderr
+
+
+def test_with_save_total_limit_1_a_kill_before_the_new_checkpoint_is_marked_keeps_the_old_one(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """Trainer deleted the older checkpoints before the new one was marked complete: a kill in between left none."""
+    inject = Path(__file__).with_name("inject_faults.py")
+    env = {**environment(tmp_path / "runs", cache_dir), "VLMTUNE_TEST_FAULT": "kill:0:2"}
+    env["PYTHONPATH"] = str(REPO)
+    args = ["train", str(RECIPES / "smoke.toml")]
+    for item in (*TINY, "training.save_total_limit=1"):
+        args += ["--set", item]
+    killed = subprocess.run(
+        [sys.executable, str(inject), *args], env=env, cwd=tmp_path, capture_output=True, timeout=300
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    checkpoints = tmp_path / "runs" / "smoke" / "checkpoints"
+    assert (checkpoints / "checkpoint-2").is_dir() and not (checkpoints / "checkpoint-2" / "COMPLETE").exists()
+    assert (checkpoints / "checkpoint-1" / "COMPLETE").is_file(), "the older complete checkpoint is still there"
+    del env["VLMTUNE_TEST_FAULT"]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "vlmtune_cli", *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    text = " ".join(resumed.stderr.split())
+    assert f"resuming from {checkpoints / 'checkpoint-1'}" in text
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-3"], "rotated after marking, to 1"
+    assert (checkpoints / "checkpoint-3" / "COMPLETE").is_file()

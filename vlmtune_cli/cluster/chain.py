@@ -234,7 +234,19 @@ def run_chain_locally(
     settings: Settings,
     argv: list[str],
 ) -> list[dict[str, Any]]:
-    """Run the links one after another in this process (the same `run_link` a SLURM job runs)."""
+    """Run the links one after another in this process (the same `run_link` a SLURM job runs).
+
+    Under torch.distributed (`torchrun ... -m vlmtune_cli chain run`) rank 0 alone checks and prepares the run
+    directory; the other ranks wait for its answer (train/ranks.py).
+    """
+    from vlmtune_cli.train.ranks import from_rank_zero, init_from_env
+
+    init_from_env()
+    from_rank_zero(lambda: _prepare_local_chain(recipe, recipe_path, settings, argv))
+    return [run_link(spec) for spec in link_specs(recipe, settings, argv)]
+
+
+def _prepare_local_chain(recipe: Recipe, recipe_path: Path | None, settings: Settings, argv: list[str]) -> None:
     run = run_dir_for(recipe, settings.runs_dir)
     if manifest_path(run.path).exists():
         existing = read_manifest(run.path)
@@ -251,4 +263,3 @@ def run_chain_locally(
     else:
         prepare_run_dir(run, recipe, overwrite=False, start_over=f"delete {run.path}")
         write_manifest(run.path, new_manifest(recipe, run, "local", recipe_path, argv))
-    return [run_link(spec) for spec in link_specs(recipe, settings, argv)]

@@ -101,15 +101,21 @@ def spec_as_dict(spec: LinkSpec) -> dict[str, Any]:
 
 def run_link(spec: LinkSpec, *, job_id: str | None = None, attempt: int = 0) -> dict[str, Any]:
     """Train one link (here, or inside a SLURM job), recording its start and end in the run directory."""
-    from vlmtune_cli.train.callbacks import stop_requested
+    from vlmtune_cli.train.ranks import from_rank_zero, init_from_env
     from vlmtune_cli.train.trainer import train
 
     recipe = spec.load_recipe()
     settings = spec.settings()
     run = run_dir_for(recipe, settings.runs_dir)
-    previous = read_link_record(run.path, spec.link)
+    total = recipe.training.epochs
+    init_from_env()
+    # Rank 0 reads the run directory and every rank acts on what it found: two nodes with stale NFS caches
+    # could otherwise disagree on whether this link is already trained (one trains, the other waits for ever).
+    epoch_start, already = from_rank_zero(
+        lambda: (trained_epochs(run, total)[0], link_trained(run, spec.stop_at_epoch, total))
+    )
+    previous = read_link_record(run.path, spec.link) if is_rank_zero() else None
     history = previous.get("history", []) + [{k: v for k, v in previous.items() if k != "history"}] if previous else []
-    epoch_start, _ = trained_epochs(run, recipe.training.epochs)
     record: dict[str, Any] = {
         "link": spec.link,
         "state": "running",
@@ -127,7 +133,7 @@ def run_link(spec: LinkSpec, *, job_id: str | None = None, attempt: int = 0) -> 
         "error": None,
         "history": history,
     }
-    if link_trained(run, spec.stop_at_epoch, recipe.training.epochs):
+    if already:
         record.update(state="done", ended=now(), epoch_end=epoch_start, note="already trained: nothing to do")
         _benchmark_at_end(spec, recipe, run, settings, record)
         write_link_record(run.path, record)
@@ -139,10 +145,13 @@ def run_link(spec: LinkSpec, *, job_id: str | None = None, attempt: int = 0) -> 
         record.update(state="failed", ended=now(), error=getattr(exc, "message", None) or repr(exc))
         write_link_record(run.path, record)
         raise
-    epoch_end, checkpoint = trained_epochs(run, recipe.training.epochs)
-    done = result.final_dir is not None or link_trained(run, spec.stop_at_epoch, recipe.training.epochs)
-    if not is_rank_zero():
-        done = done or not stop_requested()
+
+    def outcome() -> tuple[float, Path | None, bool]:
+        epoch_end, checkpoint = trained_epochs(run, total)
+        return epoch_end, checkpoint, result.final_dir is not None or link_trained(run, spec.stop_at_epoch, total)
+
+    # Rank 0 saved final/ (the others have final_dir None) and reads the checkpoints: its answer is everyone's.
+    epoch_end, checkpoint, done = from_rank_zero(outcome)
     record.update(
         state="done" if done else "interrupted",
         ended=now(),

@@ -10,6 +10,13 @@ Mapping to sbatch (`sbatch_parameters`):
   time            `[D-]HH:MM:SS` (or any SLURM form) → whole minutes, rounded up
   nodes           --nodes;  one task per GPU: --ntasks-per-node = max(1, gpus_per_node), --gpus-per-node
   cpus_per_task, mem, constraint, partition, account, qos → the sbatch options of the same name
+  defaults        a job with GPUs gets `--cpus-per-task=8` (the training process and its data-loader workers:
+                  decoding and resizing images runs on the CPU, ~4 cores per GPU at 1024 px) and `--mem` of 32G per
+                  task (`--mem` is per node: 128G for 4 GPUs; a rank holds the model in host memory while loading);
+                  `slurm.cpus_per_task` / `slurm.mem` in the recipe override them. A CPU-only job (gpus_per_node = 0,
+                  the smoke recipes) keeps the cluster's own defaults: it is a test run on whatever node it gets.
+  srun            `--kill-on-bad-exit=1`: when one task (rank) fails, SLURM ends the others at once instead of
+                  leaving them waiting in a collective until the time limit
   extra           further `#SBATCH --key=value` lines (they win over everything above, e.g. `signal = "USR2@300"`);
                   `ntasks_per_node = 2` without GPUs runs two CPU processes (DDP over gloo)
   signal          `USR2@D`: D = time/8 clamped to 15..300 s before the time limit
@@ -33,6 +40,10 @@ from vlmtune_cli.config.schema import Recipe, SlurmSection
 from vlmtune_cli.config.settings import Settings
 from vlmtune_cli.config.slurm_time import slurm_time_seconds
 from vlmtune_cli.errors import UsageError
+
+DEFAULT_CPUS_PER_GPU_TASK = 8
+DEFAULT_MEM_GB_PER_GPU_TASK = 32
+SRUN_ARGS = ["--kill-on-bad-exit=1"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,11 @@ def sbatch_parameters(
         "ntasks_per_node": max(1, gpus),
         "signal_delay_s": max(15, min(300, seconds // 8)),
         "stderr_to_stdout": True,
+        "srun_args": list(SRUN_ARGS),
     }
+    if gpus:  # see the module docstring: defaults for GPU jobs only, the recipe's values win
+        params["cpus_per_task"] = DEFAULT_CPUS_PER_GPU_TASK
+        params["mem"] = f"{DEFAULT_MEM_GB_PER_GPU_TASK * gpus}G"
     optional = {
         "partition": flags.partition or slurm.partition or settings.slurm.partition,
         "account": slurm.account or settings.slurm.account,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,24 +11,43 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from vlmtune_cli.fsutil import respect_umask
-from vlmtune_cli.runs import mark_complete
+from vlmtune_cli.runs import RunDir, mark_complete
 
 
 class MarkCheckpointComplete(TrainerCallback):
-    """Marks a checkpoint complete once the trainer has written all of it (model, optimizer, RNG, state).
+    """Marks a checkpoint complete once the trainer has written all of it (model, optimizer, RNG, state), then
+    deletes all but the newest `keep` complete checkpoints (None: keeps all).
 
     `on_save` runs after the whole checkpoint is on disk, so a kill before it leaves an unmarked directory
-    that resuming skips.
+    that resuming skips. Old checkpoints go only after the new one is marked (Trainer's own rotation runs before
+    `on_save` and is turned off, see `build_trainer`), so a complete checkpoint exists at every moment. Older
+    unmarked ones (cut short by a kill) go too: nothing can resume from them. The best checkpoint
+    (`load_best_model_at_end`) is kept, as Trainer keeps it.
     """
 
+    def __init__(self, run: RunDir, keep: int | None) -> None:
+        self.run, self.keep = run, keep
+
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.is_world_process_zero:
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if checkpoint.is_dir():
-                # PEFT's boilerplate card ("[More Information Needed]"): no card beats a card that says nothing.
-                (checkpoint / "README.md").unlink(missing_ok=True)
-                respect_umask(checkpoint)
-                mark_complete(checkpoint, {"global_step": state.global_step, "epoch": state.epoch})
+        if not state.is_world_process_zero:
+            return
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not checkpoint.is_dir():
+            return
+        # PEFT's boilerplate card ("[More Information Needed]"): no card beats a card that says nothing.
+        (checkpoint / "README.md").unlink(missing_ok=True)
+        respect_umask(checkpoint)
+        mark_complete(checkpoint, {"global_step": state.global_step, "epoch": state.epoch})
+        if self.keep is None:
+            return
+        complete = self.run.complete_checkpoints()
+        kept = set(complete[-self.keep :]) | {checkpoint}
+        newest = max(int(p.name.split("-")[1]) for p in kept)
+        best = Path(state.best_model_checkpoint).resolve() if state.best_model_checkpoint else None
+        for old in complete + self.run.incomplete_checkpoints():
+            if old in kept or old.resolve() == best or int(old.name.split("-")[1]) > newest:
+                continue
+            shutil.rmtree(old, ignore_errors=True)
 
 
 class StopAtEpoch(TrainerCallback):

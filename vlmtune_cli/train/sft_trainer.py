@@ -3,9 +3,14 @@
 Imports TRL at module level: import this module only where a trainer is built (`trainer.build_trainer`).
 
 What it changes, each for a reason:
-- `training_step` stops at the first micro-batch whose loss is NaN or infinite (`NonFiniteLoss`), before the
-  optimizer step, so neither the weights nor any checkpoint saved so far hold NaN; a logged loss would show it only
-  `logging_steps` later, after a checkpoint may have saved poisoned weights.
+- Every optimizer step checks, before the update, that no micro-batch's loss on any rank was NaN or infinite and
+  that the gradient norm is finite (`NonFiniteStep`), so neither the weights nor any checkpoint hold NaN; a logged
+  loss would show it only `logging_steps` later, after a checkpoint may have saved poisoned weights. A finite loss
+  can still give an infinite gradient (an overflow in the backward pass), which clipping turns into NaN weights.
+  The ranks agree on it (one tiny all-gather per step, `_stop_if_not_finite`), so all of them stop at the same step
+  with the same message: a rank stopping alone would leave the others waiting in the next all-reduce for ever.
+  With fp16's loss scaler a non-finite gradient is expected now and then (the scaler skips that step and lowers
+  its scale), so there only the loss is checked.
 - The samplers read `training.group_by_length`'s lengths from the cache's stored column, and shuffle packed rows
   (`training.packing`) by (seed, epoch) alone (see sampling.py).
 - `compute_loss` counts a packed batch's real tokens for TRL's `num_tokens` log (see encode/packing.py).
@@ -16,6 +21,7 @@ What it changes, each for a reason:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from trl import SFTTrainer
@@ -25,12 +31,16 @@ from vlmtune_cli.train.sampling import epoch_seeded_length_sampler, epoch_seeded
 from vlmtune_cli.train.step_overhead import without_per_step_module_walks
 
 
-class NonFiniteLoss(Exception):
-    """A micro-batch's loss was NaN or infinite; raised before that step's optimizer update."""
+class NonFiniteStep(Exception):
+    """A loss (on rank `rank`) or the gradient norm of optimizer step `step` was NaN or infinite.
 
-    def __init__(self, step: int, value: float):
-        super().__init__(step, value)
-        self.step, self.value = step, value
+    Raised on every rank, before that step's optimizer update. `quantity` is "loss" or "gradient norm"; `rank` is
+    None in a single process and for the gradient norm (after DDP's all-reduce every rank has the same one).
+    """
+
+    def __init__(self, step: int, quantity: str, value: float, rank: int | None = None):
+        super().__init__(step, quantity, value, rank)
+        self.step, self.quantity, self.value, self.rank = step, quantity, value, rank
 
 
 class VlmtuneTrainer(SFTTrainer):
@@ -39,6 +49,7 @@ class VlmtuneTrainer(SFTTrainer):
         self.per_step_walks = per_step_walks
         self._flop_parameters: int | None = None
         self._trainable: list[Any] | None = None
+        self._window_losses: list[Any] = []  # this rank's micro-batch losses since the last optimizer step
         if not per_step_walks:
             without_per_step_module_walks(self.model)
 
@@ -47,8 +58,8 @@ class VlmtuneTrainer(SFTTrainer):
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         loss = super().training_step(*args, **kwargs)
-        if not bool(loss.detach().isfinite().all()):
-            raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
+        # Kept as a tensor: checked once per optimizer step (`_stop_if_not_finite`), not synchronised here.
+        self._window_losses.append(loss.detach().float().mean())
         return loss
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
@@ -68,6 +79,35 @@ class VlmtuneTrainer(SFTTrainer):
             self._total_train_tokens += int(self.accelerator.gather_for_metrics(real - rows).sum()) // self._tp_size
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         return result
+
+    def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
+        # Written against transformers 5.24's private Trainer._get_grad_norm: `_run_epoch` calls it at every optimizer
+        # step after clipping and before `optimizer.step()` (also when max_grad_norm = 0), with the pre-clip norm.
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self._stop_if_not_finite(grad_norm)
+        return grad_norm
+
+    def _stop_if_not_finite(self, grad_norm: Any) -> None:
+        """Raise NonFiniteStep on every rank when any rank's loss or the gradient norm of this step is not finite."""
+        import torch
+
+        losses = torch.stack(self._window_losses) if self._window_losses else torch.zeros(1)
+        self._window_losses = []
+        bad = ~losses.isfinite()
+        first_bad = losses[bad.float().argmax()]  # the first non-finite loss (any finite one when none is)
+        if grad_norm is None or self.accelerator.scaler is not None:  # fp16: the scaler skips inf/NaN steps
+            norm = torch.zeros((), device=losses.device)
+        else:
+            norm = torch.as_tensor(grad_norm, dtype=torch.float32, device=losses.device).reshape(())
+        row = torch.stack([bad.any().float(), first_bad, norm.to(losses.device)]).to(self.args.device)
+        rows = (self.accelerator.gather(row) if self.args.world_size > 1 else row).reshape(-1, 3).tolist()
+        step = self.state.global_step + 1
+        for rank, (loss_bad, value, _) in enumerate(rows):
+            if loss_bad:
+                raise NonFiniteStep(step, "loss", value, rank if len(rows) > 1 else None)
+        for _, _, norm_value in rows:  # the same on every rank under DDP/FSDP; any one suffices
+            if not math.isfinite(norm_value):
+                raise NonFiniteStep(step, "gradient norm", norm_value)
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
         # Written against transformers 5.24's Trainer.floating_point_ops: the same formula (6 × tokens ×

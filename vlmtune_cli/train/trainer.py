@@ -6,15 +6,12 @@ Heavy imports live inside functions; importing this module is cheap, calling `tr
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import errno
 import json
 import math
-import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +22,7 @@ from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.config.settings import Settings
 from vlmtune_cli.console import err_console
 from vlmtune_cli.errors import UsageError, VlmtuneError
-from vlmtune_cli.fsutil import exclusive_lock, is_rank_zero, replace_dir
+from vlmtune_cli.fsutil import is_rank_zero, replace_dir
 from vlmtune_cli.models.families import check_packing
 from vlmtune_cli.models.placement import (
     Precision,
@@ -35,6 +32,8 @@ from vlmtune_cli.models.placement import (
     training_precision,
 )
 from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for, write_atomic, write_env
+from vlmtune_cli.train.ranks import ddp_find_unused_parameters, from_rank_zero, init_from_env
+from vlmtune_cli.train.run_lock import run_dir_lock
 
 if TYPE_CHECKING:
     from vlmtune_cli.models.families import Family
@@ -69,10 +68,12 @@ def train(
     `stop_at_epoch` ends the run early at that epoch boundary with a checkpoint (one link of a chain) while
     keeping the learning-rate schedule planned for all of `training.epochs`. `per_step_walks`: see `VlmtuneTrainer`.
     Raises UsageError for a recipe that cannot run (bad data, nothing to train), VlmtuneError when training fails,
-    UsageError when another process is training in the same run directory (see `_run_dir_lock`).
+    UsageError when another process is training in the same run directory (see run_lock.py).
+    Under torch.distributed, rank 0 alone prepares the run directory and chooses the checkpoint (ranks.py).
     """
+    init_from_env()
     run = run_dir_for(recipe, settings.runs_dir)
-    with _run_dir_lock(run):
+    with run_dir_lock(run):
         return _train_locked(recipe, settings, run, overwrite, require_resume, stop_at_epoch, argv, per_step_walks)
 
 
@@ -89,11 +90,13 @@ def _train_locked(
     started = time.monotonic()
     from vlmtune_cli.models import loading
 
+    # Rank 0 builds a built-in model into the cache while the others wait: with the process group up,
+    # transformers' save_pretrained writes nothing on ranks > 0, so a build there would come out empty.
+    from_rank_zero(lambda: loading.resolve_model_path(recipe.model.name, settings.cache_dir))
     family = loading.load_family(recipe.model, settings.cache_dir)  # the config alone
     check_packing(family, recipe.training.packing)  # before the run directory, the data or the weights
-    prepare_run_dir(run, recipe, overwrite=overwrite)
-    write_env(run, argv)
-    checkpoint = _checkpoint_to_resume(run, require_resume)
+    # Rank 0 alone deletes (--overwrite), writes and reads the run directory; the others wait for its answer.
+    checkpoint = from_rank_zero(lambda: _prepare(run, recipe, overwrite, require_resume, argv))
 
     if recipe.model.trust_remote_code:
         err_console.print(
@@ -113,7 +116,7 @@ def _train_locked(
 
         restore_full_weights(model, checkpoint)
 
-    from vlmtune_cli.train.sft_trainer import NonFiniteLoss  # TRL is imported by now: build_trainer needs it
+    from vlmtune_cli.train.sft_trainer import NonFiniteStep  # TRL is imported by now: build_trainer needs it
 
     trainer = build_trainer(
         recipe, run, model, processor, train_set, eval_set, stop_at_epoch=stop_at_epoch, per_step_walks=per_step_walks
@@ -121,17 +124,21 @@ def _train_locked(
     if checkpoint is not None and not recipe.uses_lora:
         # The weights are restored already; the trainer's own attempt would only log every key as missing.
         trainer._load_from_checkpoint = lambda *args, **kwargs: None
-    if checkpoint is not None:
+    if checkpoint is not None and is_rank_zero():
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         err_console.print(
             f"resuming from {checkpoint} (step {state['global_step']}, epoch {state['epoch']:g})", markup=False
         )
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except NonFiniteLoss as exc:
-        kept = run.latest_checkpoint()
+    except NonFiniteStep as exc:
+        # Every rank raises at the same step (the ranks agreed), so one more collective here is safe.
+        kept = from_rank_zero(run.latest_checkpoint)
+        where = f" on rank {exc.rank}" if exc.rank is not None else ""
+        finite = " while the loss was finite" if exc.quantity == "gradient norm" else ""
         raise VlmtuneError(
-            f"the loss became {exc.value} at step {exc.step}; training stopped before that step's update",
+            f"the {exc.quantity} became {exc.value} at step {exc.step}{where}{finite}; "
+            "training stopped before that step's update",
             hint=(f"the last good checkpoint is {kept}" if kept else "no checkpoint was saved before it")
             + '; lower training.lr, check the data, or use precision = "fp32"',
         ) from None
@@ -171,6 +178,8 @@ def _train_locked(
         time.monotonic() - started,
         finished,
     )
+    if not is_rank_zero():
+        return result
     write_atomic(
         run.summary_file,
         json.dumps(
@@ -190,8 +199,11 @@ def _train_locked(
     return result
 
 
-def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool) -> Any:
-    """The seed's `create_training_config`: a recipe → TRL's SFTConfig. Raises UsageError for bad `training.extra`."""
+def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool, model_type: str | None = None) -> Any:
+    """The seed's `create_training_config`: a recipe → TRL's SFTConfig. Raises UsageError for bad `training.extra`.
+
+    `model_type` (the model's `config.model_type`) decides, with the tuning, DDP's find_unused_parameters (ranks.py).
+    """
     import torch
     from trl import SFTConfig
 
@@ -234,6 +246,9 @@ def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool) -> Any:
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
         max_length=None,
+        # TRL's default (True) walks the autograd graph at every step; only needed where a trainable parameter
+        # can miss a backward pass (ranks.ddp_find_unused_parameters says which tunings).
+        ddp_find_unused_parameters=ddp_find_unused_parameters(recipe.tuning, model_type),
     )
     known = set(SFTConfig.__dataclass_fields__)
     for key, value in t.extra.items():
@@ -266,6 +281,13 @@ def _precision(recipe: Recipe) -> tuple[Precision, str]:
 
 
 # --- steps of `train` ----------------------------------------------------------------------------
+
+
+def _prepare(run: RunDir, recipe: Recipe, overwrite: bool, require_resume: bool, argv: list[str] | None) -> Path | None:
+    """Rank 0's part: the run directory made ready for `recipe`, `env.json` written; the checkpoint to resume."""
+    prepare_run_dir(run, recipe, overwrite=overwrite)
+    write_env(run, argv)
+    return _checkpoint_to_resume(run, require_resume)
 
 
 def _checkpoint_to_resume(run: RunDir, require_resume: bool) -> Path | None:
@@ -329,7 +351,13 @@ def build_trainer(
     from vlmtune_cli.train.callbacks import MarkCheckpointComplete, QuietLogLines, StopAtEpoch, StopOnRequest
     from vlmtune_cli.train.sft_trainer import VlmtuneTrainer
 
-    args = build_sft_config(recipe, run, has_eval=eval_set is not None)
+    args = build_sft_config(
+        recipe, run, has_eval=eval_set is not None, model_type=getattr(model.config, "model_type", None)
+    )
+    # Trainer deletes old checkpoints (save_total_limit) inside its save, before `on_save` marks the new one
+    # complete: a kill in between, with save_total_limit = 1, would leave no complete checkpoint at all. So Trainer
+    # keeps them all and MarkCheckpointComplete rotates right after marking.
+    keep, args.save_total_limit = args.save_total_limit, None
     collator: Any = VisionCollator.for_family(processor.tokenizer, family_of(model))
     if recipe.training.packing:
         from vlmtune_cli.encode.packing import PackedCollator, packed_train_set
@@ -337,8 +365,8 @@ def build_trainer(
 
         train_set = packed_train_set(recipe, train_set)
         collator = PackedCollator(collator.pad_id, rope_index(model))
-    callbacks: list[Any] = [MarkCheckpointComplete(), StopOnRequest()]
-    if "tensorboard" in recipe.training.report_to:
+    callbacks: list[Any] = [MarkCheckpointComplete(run, keep), StopOnRequest()]
+    if "tensorboard" in recipe.training.report_to and is_rank_zero():  # one event file, not one per rank
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.logs))))
     if stop_at_epoch is not None:
         callbacks.append(StopAtEpoch(stop_at_epoch))
@@ -388,42 +416,3 @@ def _save_final(trainer: VlmtuneTrainer, processor: Any, run: RunDir, recipe: Re
 def _last_loss(history: list[dict[str, Any]]) -> float | None:
     losses = [entry["loss"] for entry in history if "loss" in entry and math.isfinite(entry["loss"])]
     return losses[-1] if losses else None
-
-
-# --- one trainer per run directory ---------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _run_dir_lock(run: RunDir) -> Iterator[None]:
-    """Hold an exclusive `fcntl.flock` on `<runs_dir>/.<variant>.lock` while training into `run`.
-
-    The lock file sits next to the run directory (so `--overwrite` can delete the directory) and is never
-    deleted; the kernel drops the lock when its holder exits however it exits, so a crash leaves nothing
-    stuck. Under torch.distributed only rank 0 (env `RANK`) takes it: the other ranks train the same run.
-    """
-    if not is_rank_zero():
-        yield
-        return
-    import socket
-
-    path = run.path.parent / f".{run.path.name}.lock"
-    with contextlib.ExitStack() as stack:
-        try:
-            run.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = stack.enter_context(exclusive_lock(path, wait=False))
-        except BlockingIOError:
-            holder = path.read_text(encoding="utf-8").strip() or "another process"
-            raise UsageError(
-                f"{run.path} is being trained by {holder}; two trainings cannot write one run directory",
-                hint="wait for it to end (`vlmtune chain status` for a chain), or give this recipe its own `variant`",
-            ) from None
-        except OSError as exc:
-            raise UsageError(
-                f"cannot write to runs_dir {run.path.parent}: {exc.strerror or exc}",
-                hint="set runs_dir in vlmtune.toml or VLMTUNE_RUNS_DIR to a writable folder",
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
-        yield

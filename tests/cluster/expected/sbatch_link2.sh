@@ -22,4 +22,4 @@
 
 # command
 export SUBMITIT_EXECUTOR=slurm
-srun --unbuffered --output /runs/smoke/slurm/%j_%t_log.out /venv/bin/python -u -m submitit.core._submit /runs/smoke/slurm
+srun --unbuffered --output /runs/smoke/slurm/%j_%t_log.out --kill-on-bad-exit=1 /venv/bin/python -u -m submitit.core._submit /runs/smoke/slurm
