@@ -56,6 +56,7 @@ def smoke(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The performance suite (benchmarks/run.py; not a default session): `nox -s bench -- --quick` for a short run."""
+    """The performance suite (`python -m benchmarks.run`, from the repository root; not a default session):
+    `nox -s bench -- --quick` for a short run."""
     _install(session)
-    session.run("python", "benchmarks/run.py", *session.posargs)
+    session.run("python", "-m", "benchmarks.run", *session.posargs)

@@ -1,6 +1,6 @@
 """Batched generation against batch size 1 on the same samples: samples per second and their ratio.
 
-    .venv/bin/python benchmarks/bench_generation.py [--samples 32] [--batch-size 16] [--max-new-tokens 48]
+    python -m benchmarks.bench_generation [--samples 32] [--batch-size 16] [--max-new-tokens 48]   # from the repo root
 
 The goal (issue 4) is at least 5x the samples per second at batch 16. It runs `vlmtune benchmark`'s own
 generation (`benchmark.generate`: chat template, left padding, greedy) with the built-in tiny Qwen2-VL on the
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_generation", description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=48)

@@ -1,7 +1,7 @@
 """Packing (issue 16): padding efficiency and trained tokens/s, packed vs padded, in one run, with a FLOP count.
 
-    .venv/bin/python benchmarks/bench_packing.py --quick      # ~5 minutes on 2 shared cores
-    .venv/bin/python benchmarks/bench_packing.py --repeats 3
+    python -m benchmarks.bench_packing --quick      # from the repository root; ~5 minutes on 2 shared cores
+    python -m benchmarks.bench_packing --repeats 3
 
 The tiny built-in Qwen2-VL trains (LoRA, as recipes/smoke.toml) one epoch of a synthetic set whose lengths run from
 1× to 8× the shortest sample, under five settings taken in turns (so the machine's load hits all alike): padded
@@ -28,8 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import HERE, SMOKE, Suite, _trainer_for, median
+from .suite import HERE, SMOKE, Suite, median, trainer_for
 
+# The heading RESULTS.md already has: a rerun replaces that section (the file's path is unchanged).
 SECTION = "## Packing (issue 16, `benchmarks/bench_packing.py`)"
 
 
@@ -147,7 +148,7 @@ def measure(suite: Suite, n: int) -> list[str]:
     def one_epoch(overrides: list[str]) -> tuple[float, list]:
         r = load_recipe(SMOKE, [*base, *overrides], environ={})
         model = loading.apply_tuning(loading.load_model(r.model, cache_dir), r.tuning, r.lora, seed=42)
-        built = _trainer_for(suite, r, processor, train_set, model=model, name="packing")
+        built = trainer_for(suite, r, processor, train_set, model=model, name="packing")
         counting = Counting(built.data_collator)
         built.data_collator = counting
         stamps: list[tuple[float, float]] = []
@@ -215,8 +216,9 @@ def write_section(suite: Suite, table: list[str], path: Path, seconds: float, lo
     lines = [
         SECTION,
         "",
-        f"Written {time.strftime('%Y-%m-%d %H:%M')} by `benchmarks/bench_packing.py{' --quick' if suite.quick else ''}`"
-        f", {seconds / 60:.1f} minutes, medians of {suite.repeats} repeat(s) taken in turns, 1 torch thread; load "
+        f"Written {time.strftime('%Y-%m-%d %H:%M')} by "
+        f"`python -m benchmarks.bench_packing{' --quick' if suite.quick else ''}`, {seconds / 60:.1f} minutes, "
+        f"medians of {suite.repeats} repeat(s) taken in turns, 1 torch thread; load "
         f"average {loads[0]} → {loads[1]} on 2 cores shared by several jobs. Tokens/s are per CPU second of the "
         "training process (one thread, no loader workers), which another job's load moves far less than wall-clock "
         "time; wall-clock ratios are shown too and swing by 2× between repeats at this load.",
@@ -237,11 +239,12 @@ def write_section(suite: Suite, table: list[str], path: Path, seconds: float, lo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_packing", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="192 samples, 1 repeat")
     parser.add_argument("--repeats", type=int, default=0, help="repeats (default 2, quick 1)")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # measured in a scratch directory
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

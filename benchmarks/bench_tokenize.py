@@ -1,8 +1,8 @@
 """Benchmark of `vlmtune tokenize`: overhead against a bare processor loop, memory as the dataset grows, the time of
 a cache hit, and what storing resized images instead of `pixel_values` costs and saves.
 
-    .venv/bin/python benchmarks/bench_tokenize.py              # ~3 minutes on 2 cores
-    .venv/bin/python benchmarks/bench_tokenize.py --quick      # smaller sizes, ~1 minute
+    python -m benchmarks.bench_tokenize              # from the repository root; ~3 minutes on 2 cores
+    python -m benchmarks.bench_tokenize --quick      # smaller sizes, ~1 minute
 
 Prints one line per figure and the ratios the issue asks for; benchmarks/README.md records a run. Everything
 runs on the built-in tiny Qwen2-VL (the processor and tokenizer are real-sized in their work per image: patches
@@ -25,7 +25,7 @@ SMOKE = REPO / "recipes" / "smoke.toml"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_tokenize", description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1000, help="samples of the throughput and hit runs")
     parser.add_argument("--side", type=int, default=448, help="image side in pixels (448: 256 visual tokens)")
     parser.add_argument(

@@ -1,6 +1,8 @@
-"""Run `vlmtune train ARGS...` and exit at the first optimizer step (used by run.py's resume measurement).
+"""Run `vlmtune train ARGS...` and exit at the first optimizer step (a subprocess of the resume measurement, resume.py).
 
-    BENCH_T0=<time.time() before the process started> BENCH_OUT=<file> python benchmarks/resume_probe.py train ...
+    BENCH_T0=<time.time() before the process started> BENCH_OUT=<file> python -m benchmarks.resume_probe train ...
+
+(with the repository root as working directory or on PYTHONPATH: resume.py passes it on PYTHONPATH).
 
 Writes one JSON line to BENCH_OUT: the step reached, seconds from BENCH_T0 to the end of that step, and how many
 samples the data loader built before it (a trainer that replays skipped batches would build all of them).
