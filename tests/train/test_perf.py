@@ -1,5 +1,5 @@
 """The data-pipeline changes of the performance work (issue 6): length grouping read from the cache.
-The benchmark suite itself (benchmarks/run.py) is not a test; one smoke run checks that it starts."""
+The benchmark suite itself (python -m benchmarks.run) is not a test; one smoke run checks that it starts."""
 
 from __future__ import annotations
 
@@ -95,7 +95,8 @@ def test_grouped_resume_equals_uninterrupted_run(workspace: Path) -> None:
 def test_benchmark_suite_starts(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--only", "startup", "--repeats", "1", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.run", "--only", "startup", "--repeats", "1", "--out", str(out)],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,

@@ -243,3 +243,22 @@ def test_files_follow_the_umask(workspace: Path, monkeypatch: pytest.MonkeyPatch
     assert modes == expected
     names = {path.name for path in modes}
     assert {"adapter_model.safetensors", "model.safetensors", "COMPLETE", "recipe.toml", "summary.json"} <= names
+
+
+def test_the_base_model_under_peft_trains_in_train_mode(cache_dir: Path) -> None:
+    """PEFT's wrapper reports `training` while the base model it wraps was loaded in eval mode: the first
+    `train()` must still walk every module, or dropout and gradient checkpointing stay off until an evaluation."""
+    from vlmtune_cli.config.recipe import load_recipe
+    from vlmtune_cli.models import loading
+    from vlmtune_cli.train.step_overhead import without_per_step_module_walks
+
+    recipe = load_recipe(RECIPES / "smoke.toml")
+    model = loading.apply_tuning(loading.load_model(recipe.model, cache_dir), recipe.tuning, recipe.lora, seed=0)
+    assert model.training and any(not m.training for m in model.modules()), "the situation this test is about"
+    without_per_step_module_walks(model)
+    model.train()
+    assert all(m.training for m in model.modules())
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    model.train()
+    assert all(m.training for m in model.modules())
