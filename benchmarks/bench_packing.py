@@ -103,6 +103,7 @@ def measure(suite: Suite, n: int) -> list[str]:
     from vlmtune_cli.encode.build import open_splits, tokenize_recipe
     from vlmtune_cli.encode.packing import default_packing_length
     from vlmtune_cli.models import loading
+    from vlmtune_cli.models.tuning import apply_tuning
 
     source = spread_set(suite.work / "spread", n)
     cache_dir = load_settings().cache_dir
@@ -147,7 +148,7 @@ def measure(suite: Suite, n: int) -> list[str]:
 
     def one_epoch(overrides: list[str]) -> tuple[float, list]:
         r = load_recipe(SMOKE, [*base, *overrides], environ={})
-        model = loading.apply_tuning(loading.load_model(r.model, cache_dir), r.tuning, r.lora, seed=42)
+        model = apply_tuning(loading.load_model(r.model, cache_dir), r.tuning, r.lora, seed=42)
         built = trainer_for(suite, r, processor, train_set, model=model, name="packing")
         counting = Counting(built.data_collator)
         built.data_collator = counting

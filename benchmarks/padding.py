@@ -41,6 +41,7 @@ def measure(suite: Suite) -> None:
     from vlmtune_cli.config.settings import load_settings
     from vlmtune_cli.encode.build import open_splits, tokenize_recipe
     from vlmtune_cli.models import loading
+    from vlmtune_cli.models.tuning import apply_tuning
 
     n, batch = (256, 8) if suite.quick else (512, 8)
     source = _varied_dataset(suite.work / "varied", n)
@@ -60,7 +61,7 @@ def measure(suite: Suite) -> None:
     processor = loading.load_processor(recipe.model, recipe.data, cache_dir)
     family = loading.load_family(recipe.model, cache_dir)
     result = tokenize_recipe(recipe, cache_dir, processor=processor, family=family, progress=False)
-    model = loading.apply_tuning(loading.load_model(recipe.model, cache_dir), recipe.tuning, recipe.lora, seed=42)
+    model = apply_tuning(loading.load_model(recipe.model, cache_dir), recipe.tuning, recipe.lora, seed=42)
     efficiency = {}
     for grouped in (False, True):
         r = load_recipe(SMOKE, [*base, f"training.group_by_length={str(grouped).lower()}"], environ={})

@@ -81,12 +81,13 @@ def trainer_for(
     """vlmtune's own SFTTrainer (`trainer.build_trainer`) for `recipe`, in a scratch run directory."""
     from vlmtune_cli.config.settings import load_settings
     from vlmtune_cli.models import loading
+    from vlmtune_cli.models.tuning import apply_tuning
     from vlmtune_cli.runs import RunDir
     from vlmtune_cli.train import trainer
 
     if model is None:
         cache_dir = load_settings().cache_dir
-        model = loading.apply_tuning(
+        model = apply_tuning(
             loading.load_model(recipe.model, cache_dir), recipe.tuning, recipe.lora, seed=recipe.training.seed
         )
     run = RunDir(suite.work / "runs" / name)

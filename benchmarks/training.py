@@ -18,6 +18,7 @@ def measure(suite: Suite) -> None:
     from vlmtune_cli.encode.build import open_splits, tokenize_recipe
     from vlmtune_cli.encode.labels import VisionCollator
     from vlmtune_cli.models import loading
+    from vlmtune_cli.models.tuning import apply_tuning
 
     steps, warm = (25, 5) if suite.quick else (80, 10)
     cache_dir = load_settings().cache_dir
@@ -48,7 +49,7 @@ def measure(suite: Suite) -> None:
         )
 
     def fresh_model():
-        return loading.apply_tuning(
+        return apply_tuning(
             loading.load_model(recipe.model, cache_dir), recipe.tuning, recipe.lora, seed=recipe.training.seed
         )
 

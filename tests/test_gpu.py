@@ -13,8 +13,9 @@ from PIL import Image
 
 from vlmtune_cli.config.schema import DataSection, LoraSection, ModelSection, TuningSection
 from vlmtune_cli.encode.labels import LabelSpec, VisionCollator, encode_sample
-from vlmtune_cli.models.loading import apply_tuning, family_of, load_family, load_model, load_processor
+from vlmtune_cli.models.loading import family_of, load_family, load_model, load_processor
 from vlmtune_cli.models.placement import machine_precision
+from vlmtune_cli.models.tuning import apply_tuning
 
 pytestmark = pytest.mark.gpu
 TINY = "builtin:tiny-qwen2-vl"

@@ -13,11 +13,10 @@ from vlmtune_cli.data.images import open_image
 from vlmtune_cli.data.sources import lazy_splits, load_splits
 from vlmtune_cli.errors import UsageError
 from vlmtune_cli.eval.predict import open_images
+from vlmtune_cli.models.box_checks import box_problem, clip_box
 from vlmtune_cli.models.boxes import (
     BOX_FORMATS,
     FORMATS,
-    box_problem,
-    clip_box,
     format_boxes,
     parse_boxes,
     smart_resize,

@@ -373,7 +373,7 @@ def test_lora_on_a_component_without_linear_layers_trains_it_fully_and_says_so(
 ) -> None:
     """Gemma 3's projector is one bare matrix: `projector = "lora"` (v1, v2) would otherwise train nothing there."""
     from vlmtune_cli.config.schema import LoraSection, TuningSection
-    from vlmtune_cli.models.loading import apply_tuning, trainable_table
+    from vlmtune_cli.models.tuning import apply_tuning, trainable_table
 
     model = apply_tuning(load_model(_section("gemma3"), built), TuningSection(**VARIANTS["v2"]), LoraSection(), seed=0)
     assert "gemma3's projector has no linear layer for LoRA: it trains fully instead (2,080 parameters" in " ".join(

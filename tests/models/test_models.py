@@ -16,15 +16,8 @@ from vlmtune_cli.config.schema import DataSection, LoraSection, ModelSection, Tu
 from vlmtune_cli.errors import UsageError, VlmtuneError
 from vlmtune_cli.models import builtin
 from vlmtune_cli.models.families import COMPONENTS, FAMILIES, component_of, family_for_model_type
-from vlmtune_cli.models.loading import (
-    apply_tuning,
-    family_of,
-    load_model,
-    load_processor,
-    lora_target_modules,
-    resolve_model_path,
-    trainable_table,
-)
+from vlmtune_cli.models.loading import family_of, load_model, load_processor, resolve_model_path
+from vlmtune_cli.models.tuning import apply_tuning, lora_target_modules, trainable_table
 
 TINY = ModelSection(name="builtin:tiny-qwen2-vl")
 

@@ -56,12 +56,12 @@ def test_training_precision_and_load_dtype() -> None:
 
 def _precision_on(monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int] | None, *overrides: str) -> tuple:
     """(precision, why) the trainer picks for the smoke recipe on a GPU of `capability` (None: no CUDA)."""
-    from vlmtune_cli.train import trainer
+    from vlmtune_cli.train.sft_config import precision_for
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: capability is not None)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
     recipe = load_recipe(RECIPES / "smoke.toml", ["training.precision=auto", *overrides])
-    return trainer._precision(recipe)
+    return precision_for(recipe)
 
 
 def test_build_sft_config_precision_per_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_build_sft_config_precision_per_machine(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.undo()
     # And the SFTConfig built on this (CPU) machine carries it.
     from vlmtune_cli.runs import run_dir_for
-    from vlmtune_cli.train.trainer import build_sft_config
+    from vlmtune_cli.train.sft_config import build_sft_config
 
     for overrides, flags in (([], (False, False)), (["model.dtype=bfloat16"], (True, False))):
         recipe = load_recipe(RECIPES / "smoke.toml", ["training.precision=auto", *overrides])

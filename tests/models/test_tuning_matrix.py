@@ -19,15 +19,8 @@ from vlmtune_cli.config.schema import DataSection, LoraSection, ModelSection, Tu
 from vlmtune_cli.encode.labels import LabelSpec, VisionCollator, encode_sample
 from vlmtune_cli.errors import UsageError
 from vlmtune_cli.models.families import COMPONENTS, component_of
-from vlmtune_cli.models.loading import (
-    apply_tuning,
-    family_of,
-    load_family,
-    load_model,
-    load_processor,
-    resolve_model_path,
-    trainable_table,
-)
+from vlmtune_cli.models.loading import family_of, load_family, load_model, load_processor, resolve_model_path
+from vlmtune_cli.models.tuning import apply_tuning, trainable_table
 
 from ..conftest import RECIPES
 

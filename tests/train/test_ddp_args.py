@@ -10,7 +10,7 @@ import pytest
 
 from vlmtune_cli.config.recipe import load_recipe
 from vlmtune_cli.runs import RunDir
-from vlmtune_cli.train.trainer import build_sft_config
+from vlmtune_cli.train.sft_config import build_sft_config
 
 from ..conftest import RECIPES
 

@@ -26,6 +26,7 @@ def test_group_by_length_reads_the_stored_lengths(
     from vlmtune_cli.encode import inputs
     from vlmtune_cli.encode.build import open_splits, read_rows, tokenize_recipe
     from vlmtune_cli.models import loading
+    from vlmtune_cli.models.tuning import apply_tuning
     from vlmtune_cli.runs import run_dir_for
     from vlmtune_cli.train import trainer
 
@@ -46,7 +47,7 @@ def test_group_by_length_reads_the_stored_lengths(
     lengths = [len(row["input_ids"]) for row in read_rows(result, 40)]
     assert list(train_set.with_format(None)["length"]) == lengths
     model = loading.load_model(recipe.model, cache_dir)
-    model = loading.apply_tuning(model, recipe.tuning, recipe.lora, seed=42)
+    model = apply_tuning(model, recipe.tuning, recipe.lora, seed=42)
     built = trainer.build_trainer(
         recipe, run_dir_for(recipe, load_settings().runs_dir), model, processor, train_set, None
     )

@@ -250,10 +250,11 @@ def test_the_base_model_under_peft_trains_in_train_mode(cache_dir: Path) -> None
     `train()` must still walk every module, or dropout and gradient checkpointing stay off until an evaluation."""
     from vlmtune_cli.config.recipe import load_recipe
     from vlmtune_cli.models import loading
+    from vlmtune_cli.models.tuning import apply_tuning
     from vlmtune_cli.train.step_overhead import without_per_step_module_walks
 
     recipe = load_recipe(RECIPES / "smoke.toml")
-    model = loading.apply_tuning(loading.load_model(recipe.model, cache_dir), recipe.tuning, recipe.lora, seed=0)
+    model = apply_tuning(loading.load_model(recipe.model, cache_dir), recipe.tuning, recipe.lora, seed=0)
     assert model.training and any(not m.training for m in model.modules()), "the situation this test is about"
     without_per_step_module_walks(model)
     model.train()

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from typing import Any
 
 from vlmtune_cli.errors import UsageError
-from vlmtune_cli.models.boxes import Size, box_problem, clip_box, format_boxes, is_box
+from vlmtune_cli.models.box_checks import box_problem, clip_box, is_box
+from vlmtune_cli.models.boxes import Size, format_boxes
 
 BOXES_PART = "boxes"
 _HINT = 'fix the box, or set data.bad_boxes = "drop" (leave the sample out) or "clip" (clamp it into the image)'

@@ -6,7 +6,6 @@ Heavy imports live inside functions; importing this module is cheap, calling `tr
 
 from __future__ import annotations
 
-import difflib
 import errno
 import json
 import math
@@ -25,19 +24,17 @@ from vlmtune_cli.errors import UsageError, VlmtuneError
 from vlmtune_cli.fsutil import is_rank_zero, replace_dir
 from vlmtune_cli.models.families import check_packing
 from vlmtune_cli.models.placement import (
-    Precision,
-    auto_precision,
     describe_precision,
     training_load_dtype,
-    training_precision,
 )
 from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for, write_atomic, write_env
-from vlmtune_cli.train.ranks import ddp_find_unused_parameters, from_rank_zero, init_from_env
+from vlmtune_cli.train.ranks import from_rank_zero, init_from_env
 from vlmtune_cli.train.run_lock import run_dir_lock
+from vlmtune_cli.train.sft_config import build_sft_config, precision_for
 
 if TYPE_CHECKING:
     from vlmtune_cli.models.families import Family
-    from vlmtune_cli.models.loading import TrainableRow
+    from vlmtune_cli.models.tuning import TrainableRow
     from vlmtune_cli.train.sft_trainer import VlmtuneTrainer
 
 
@@ -89,6 +86,7 @@ def _train_locked(
 ) -> TrainResult:
     started = time.monotonic()
     from vlmtune_cli.models import loading
+    from vlmtune_cli.models.tuning import apply_tuning, trainable_table
 
     # Rank 0 builds a built-in model into the cache while the others wait: with the process group up,
     # transformers' save_pretrained writes nothing on ranks > 0, so a build there would come out empty.
@@ -105,12 +103,12 @@ def _train_locked(
     processor = loading.load_processor(recipe.model, recipe.data, settings.cache_dir)
     train_set, eval_set = _encoded_splits(recipe, processor, family, settings.cache_dir)
 
-    precision, note = _precision(recipe)
+    precision, note = precision_for(recipe)
     err_console.print(describe_precision(precision, note), highlight=False)
     dtype = training_load_dtype(recipe.model.dtype, precision)
     model = loading.load_model(recipe.model, settings.cache_dir, dtype=dtype, on_gpu=True)
-    model = loading.apply_tuning(model, recipe.tuning, recipe.lora, seed=recipe.training.seed)
-    _print_trainable(loading.trainable_table(model, family))
+    model = apply_tuning(model, recipe.tuning, recipe.lora, seed=recipe.training.seed)
+    _print_trainable(trainable_table(model, family))
     if checkpoint is not None and not recipe.uses_lora:
         from vlmtune_cli.models.restore import restore_full_weights
 
@@ -197,87 +195,6 @@ def _train_locked(
         + "\n",
     )
     return result
-
-
-def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool, model_type: str | None = None) -> Any:
-    """The seed's `create_training_config`: a recipe → TRL's SFTConfig. Raises UsageError for bad `training.extra`.
-
-    `model_type` (the model's `config.model_type`) decides, with the tuning, DDP's find_unused_parameters (ranks.py).
-    """
-    import torch
-    from trl import SFTConfig
-
-    t = recipe.training
-    precision, _ = _precision(recipe)
-    evaluate = has_eval and t.eval_steps is not None
-    kwargs: dict[str, Any] = dict(
-        output_dir=str(run.checkpoints),
-        run_name=recipe.variant,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps or -1,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.eval_batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.lr,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=t.optim,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        gradient_checkpointing=t.gradient_checkpointing,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        eval_strategy="steps" if evaluate else "no",
-        eval_steps=t.eval_steps if evaluate else None,
-        logging_steps=t.logging_steps,
-        logging_first_step=True,
-        seed=t.seed,
-        report_to=[name for name in t.report_to if name not in ("tensorboard", "none")],
-        dataloader_num_workers=t.dataloader_num_workers,
-        # transformers 5 spells `group_by_length` as a sampling strategy; it reads the cache's `length` column.
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        dataloader_pin_memory=torch.cuda.is_available(),
-        # Without CUDA, several SLURM tasks must train as one gloo process group, not each on its own.
-        use_cpu=not torch.cuda.is_available(),
-        # Our dataset is already encoded with our labels; TRL must neither re-tokenise nor drop columns.
-        remove_unused_columns=False,
-        dataset_kwargs={"skip_prepare_dataset": True},
-        max_length=None,
-        # TRL's default (True) walks the autograd graph at every step; only needed where a trainable parameter
-        # can miss a backward pass (ranks.ddp_find_unused_parameters says which tunings).
-        ddp_find_unused_parameters=ddp_find_unused_parameters(recipe.tuning, model_type),
-    )
-    known = set(SFTConfig.__dataclass_fields__)
-    for key, value in t.extra.items():
-        if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f"; did you mean training.extra.{close[0]}?" if close else ""
-            raise UsageError(f"training.extra.{key}: not an SFTConfig/TrainingArguments field{hint}")
-        kwargs[key] = value
-    try:
-        return SFTConfig(**kwargs)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"the recipe's training settings are rejected by TRL: {exc}") from None
-
-
-def _precision(recipe: Recipe) -> tuple[Precision, str]:
-    """The precision this machine trains `recipe` in, and why (for the log line)."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    capability = tuple(torch.cuda.get_device_capability()) if cuda else None
-    precision = training_precision(recipe.training.precision, recipe.model.dtype, auto_precision(cuda, capability))
-    if recipe.training.precision != "auto":
-        return precision, "training.precision"
-    if recipe.model.dtype in ("bfloat16", "float16"):
-        return precision, f"auto: follows model.dtype = {recipe.model.dtype}"
-    if capability is None:
-        return precision, "auto: no CUDA GPU"
-    native = "native bf16" if precision == "bf16" else "no native bf16, fp16 instead"
-    return precision, f"auto: GPU compute capability {capability[0]}.{capability[1]}, {native}"
 
 
 # --- steps of `train` ----------------------------------------------------------------------------
