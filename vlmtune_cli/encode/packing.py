@@ -170,7 +170,8 @@ def cached_lengths(result: TokenizeResult, split: str) -> list[int]:
     for shard in result.manifest["splits"][split]["shards"]:
         with pa.memory_map(str(result.path / shard["file"])) as source:
             for batch in pa.ipc.open_stream(source):
-                lengths += pc.list_value_length(batch.column("input_ids")).to_pylist()
+                # (pyarrow.compute generates its functions at import, so pyright cannot see list_value_length.)
+                lengths += pc.list_value_length(batch.column("input_ids")).to_pylist()  # pyright: ignore[reportAttributeAccessIssue]
     return lengths
 
 
@@ -280,7 +281,7 @@ class PackedCollator:
                     if sample.get(key) is not None:
                         batch[key][r, start:end] = _tensor(sample[key])
                 n_images = len(sample["image_grid_thw"]) if sample.get("image_grid_thw") is not None else 0
-                own = grids[image : image + n_images] if n_images else None
+                own = grids[image : image + n_images] if n_images and grids is not None else None
                 image += n_images
                 token_types = (
                     batch["mm_token_type_ids"][r : r + 1, start:end]

@@ -107,7 +107,7 @@ def build_config(tokenizer):
 
 def write_tiny_gemma3(directory: Path, seed: int) -> None:
     import torch
-    from transformers import Gemma3ForConditionalGeneration, Gemma3Processor, GenerationConfig
+    from transformers import Gemma3ForConditionalGeneration, Gemma3Processor, Gemma3TextConfig, GenerationConfig
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
     tokenizer = build_tokenizer()
@@ -119,6 +119,7 @@ def write_tiny_gemma3(directory: Path, seed: int) -> None:
     with torch.no_grad():
         model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.02)
     text = config.text_config
+    assert isinstance(text, Gemma3TextConfig)  # Gemma3Config builds it from the dict given above
     model.generation_config = GenerationConfig(
         bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id, do_sample=False
     )

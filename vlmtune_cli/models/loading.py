@@ -257,9 +257,10 @@ def rope_index(model):
     family = family_of(model)
     base = _unwrap(model)
     inner = getattr(base, "model", None)
-    if not family.packs or not hasattr(inner, "get_rope_index"):
+    get_rope_index = getattr(inner, "get_rope_index", None)
+    if not family.packs or get_rope_index is None:
         raise UsageError(f"training.packing: the {family.name} family has no per-sample positions to pack with")
-    return inner.get_rope_index
+    return get_rope_index
 
 
 def family_of(model) -> Family:

@@ -36,7 +36,7 @@ def machine_precision() -> Precision:
     import torch
 
     cuda = torch.cuda.is_available()
-    return auto_precision(cuda, tuple(torch.cuda.get_device_capability()) if cuda else None)
+    return auto_precision(cuda, torch.cuda.get_device_capability() if cuda else None)
 
 
 def training_precision(precision: str, model_dtype: str, machine: Precision) -> Precision:

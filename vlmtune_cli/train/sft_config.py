@@ -84,7 +84,7 @@ def precision_for(recipe: Recipe) -> tuple[Precision, str]:
     import torch
 
     cuda = torch.cuda.is_available()
-    capability = tuple(torch.cuda.get_device_capability()) if cuda else None
+    capability = torch.cuda.get_device_capability() if cuda else None
     precision = training_precision(recipe.training.precision, recipe.model.dtype, auto_precision(cuda, capability))
     if recipe.training.precision != "auto":
         return precision, "training.precision"

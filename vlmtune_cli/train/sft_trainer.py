@@ -72,11 +72,13 @@ class VlmtuneTrainer(SFTTrainer):
         # silently skips them and samples attend to each other); TRL sets it too, this does not rely on it.
         inputs["use_cache"] = False
         result = super().compute_loss(model, inputs, *args, **kwargs)
-        if self.model.training:
+        if model.training:
             import torch
 
             rows = torch.tensor(inputs["position_ids"].size(1), device=real.device)
-            self._total_train_tokens += int(self.accelerator.gather_for_metrics(real - rows).sum()) // self._tp_size
+            gathered = self.accelerator.gather_for_metrics(real - rows)
+            assert isinstance(gathered, torch.Tensor)  # a tensor in, a tensor out
+            self._total_train_tokens += int(gathered.sum()) // (self._tp_size or 1)
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         return result
 
@@ -100,7 +102,9 @@ class VlmtuneTrainer(SFTTrainer):
         else:
             norm = torch.as_tensor(grad_norm, dtype=torch.float32, device=losses.device).reshape(())
         row = torch.stack([bad.any().float(), first_bad, norm.to(losses.device)]).to(self.args.device)
-        rows = (self.accelerator.gather(row) if self.args.world_size > 1 else row).reshape(-1, 3).tolist()
+        gathered = self.accelerator.gather(row) if self.args.world_size > 1 else row
+        assert isinstance(gathered, torch.Tensor)  # a tensor in, a tensor out
+        rows = gathered.reshape(-1, 3).tolist()
         step = self.state.global_step + 1
         for rank, (loss_bad, value, _) in enumerate(rows):
             if loss_bad:
@@ -143,7 +147,8 @@ class VlmtuneTrainer(SFTTrainer):
         dataset = self.train_dataset if train_dataset is None else train_dataset
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         if ROW_COLUMN in (getattr(dataset, "column_names", None) or ()):
-            return epoch_seeded_shuffle(len(dataset), seed)
+            assert dataset is not None  # it has columns
+            return epoch_seeded_shuffle(len(dataset), seed)  # pyright: ignore[reportArgumentType] a datasets.Dataset
         if (lengths := stored_lengths(self.args, dataset)) is None:
             return super()._get_train_sampler(train_dataset)
         return epoch_seeded_length_sampler(
