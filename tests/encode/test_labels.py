@@ -145,13 +145,13 @@ def merging_processor():
     from transformers import PreTrainedTokenizerFast
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from vlmtune_cli.models import builtin
+    from vlmtune_cli.models import builtin_parts
     from vlmtune_cli.models.qwen_processor import Qwen2VLImageOnlyProcessor
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(builtin._QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.Split(Regex(builtin_parts._QWEN2_SPLIT), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -161,11 +161,11 @@ def merging_processor():
         vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     tok.train_from_iterator(corpus, trainer=trainer)
-    tok.add_special_tokens(list(builtin.SPECIAL_TOKENS))
+    tok.add_special_tokens(list(builtin_parts.SPECIAL_TOKENS))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     image_processor = Qwen2VLImageProcessorPil(min_pixels=224 * 224, max_pixels=224 * 224)
     processor = Qwen2VLImageOnlyProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=builtin.CHAT_TEMPLATE
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=builtin_parts.CHAT_TEMPLATE
     )
     from vlmtune_cli.models.families import FAMILIES
 

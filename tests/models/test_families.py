@@ -17,7 +17,7 @@ from vlmtune_cli.config.recipe import load_recipe
 from vlmtune_cli.config.schema import DataSection, ModelSection
 from vlmtune_cli.encode.labels import IGNORE_INDEX, LabelSpec, VisionCollator, encode_sample
 from vlmtune_cli.errors import UsageError
-from vlmtune_cli.models import builtin, builtin_gemma3
+from vlmtune_cli.models import builtin, builtin_gemma3, builtin_mllama
 from vlmtune_cli.models.families import COMPONENTS, component_of, family_for_model_type
 from vlmtune_cli.models.loading import (
     family_of,
@@ -122,7 +122,7 @@ def test_builders_are_deterministic(tmp_path: Path, builder) -> None:
 def test_mllama_processor_loads_without_the_image_only_fallback_and_refuses_pixel_bounds(built: Path) -> None:
     processor = load_processor(_section("mllama"), DataSection(), built)
     assert type(processor).__name__ == "MllamaProcessor"
-    assert processor.image_processor.size["height"] == builtin.MLLAMA_IMAGE_SIZE
+    assert processor.image_processor.size["height"] == builtin_mllama.MLLAMA_IMAGE_SIZE
     with pytest.raises(UsageError, match="min_pixels/max_pixels"):
         load_processor(_section("mllama"), DataSection(max_pixels=50176), built)
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from vlmtune_cli.config.schema import DataSection, LoraSection, ModelSection, TuningSection
 from vlmtune_cli.errors import UsageError, VlmtuneError
-from vlmtune_cli.models import builtin
+from vlmtune_cli.models import builtin, builtin_parts
 from vlmtune_cli.models.families import COMPONENTS, FAMILIES, component_of, family_for_model_type
 from vlmtune_cli.models.loading import family_of, load_model, load_processor, resolve_model_path
 from vlmtune_cli.models.tuning import apply_tuning, lora_target_modules, trainable_table
@@ -74,7 +74,7 @@ def test_builtin_model_round_trips_through_auto_classes(cache_dir):
     tokenizer = processor.tokenizer
     assert len(tokenizer) == model.config.text_config.vocab_size == 600
     assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.padding_side == "right"
-    assert all(tokenizer.convert_tokens_to_ids(t) != tokenizer.unk_token_id for t in builtin.SPECIAL_TOKENS)
+    assert all(tokenizer.convert_tokens_to_ids(t) != tokenizer.unk_token_id for t in builtin_parts.SPECIAL_TOKENS)
     assert type(processor.image_processor).__name__ == "Qwen2VLImageProcessorPil"
 
 

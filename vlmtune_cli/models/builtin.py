@@ -15,14 +15,13 @@ import tempfile
 from pathlib import Path
 
 from vlmtune_cli.fsutil import replace_dir
-from vlmtune_cli.models.builtin_mllama import MLLAMA_IMAGE_SIZE, write_tiny_mllama  # noqa: F401 (the tests read it)
-from vlmtune_cli.models.builtin_parts import (  # noqa: F401 (CHAT_TEMPLATE, SPECIAL_TOKENS: read by the tests)
-    _QWEN2_SPLIT,
+from vlmtune_cli.models.builtin_mllama import write_tiny_mllama
+from vlmtune_cli.models.builtin_parts import (
     CHAT_TEMPLATE,
-    SPECIAL_TOKENS,
     _build_tokenizer,
     _qwen_text_config,
     _qwen_token_ids,
+    save_qwen,
 )
 
 BUILD_INFO_FILE = "vlmtune_builtin.json"
@@ -74,30 +73,10 @@ def _build_qwen2_5_config(tokenizer):
     )
 
 
-def _save_qwen(directory: Path, model, tokenizer, processor_class) -> None:
-    from transformers import GenerationConfig
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from vlmtune_cli.models import qwen_processor
-
-    text = model.config.text_config
-    model.generation_config = GenerationConfig(
-        bos_token_id=text.bos_token_id,
-        eos_token_id=[text.eos_token_id, text.bos_token_id],
-        pad_token_id=text.pad_token_id,
-        do_sample=False,
-    )
-    model.save_pretrained(directory)
-    qwen_processor.register()
-    processor = processor_class(
-        image_processor=Qwen2VLImageProcessorPil(), tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
-    )
-    processor.save_pretrained(directory)
-
-
 def _write_tiny_qwen2_vl(directory: Path, seed: int) -> None:
     import torch
     from transformers import Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from vlmtune_cli.models import qwen_processor
 
@@ -105,12 +84,15 @@ def _write_tiny_qwen2_vl(directory: Path, seed: int) -> None:
     config = _build_config(tokenizer)
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).eval()
-    _save_qwen(directory, model, tokenizer, qwen_processor.Qwen2VLImageOnlyProcessor)
+    save_qwen(
+        directory, model, tokenizer, qwen_processor.Qwen2VLImageOnlyProcessor, Qwen2VLImageProcessorPil(), CHAT_TEMPLATE
+    )
 
 
 def _write_tiny_qwen2_5_vl(directory: Path, seed: int) -> None:
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from vlmtune_cli.models import qwen_processor
 
@@ -118,7 +100,14 @@ def _write_tiny_qwen2_5_vl(directory: Path, seed: int) -> None:
     config = _build_qwen2_5_config(tokenizer)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    _save_qwen(directory, model, tokenizer, qwen_processor.Qwen2_5_VLImageOnlyProcessor)
+    save_qwen(
+        directory,
+        model,
+        tokenizer,
+        qwen_processor.Qwen2_5_VLImageOnlyProcessor,
+        Qwen2VLImageProcessorPil(),
+        CHAT_TEMPLATE,
+    )
 
 
 # --- building into the cache ------------------------------------------------------------------------------

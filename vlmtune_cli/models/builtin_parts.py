@@ -7,6 +7,8 @@ nothing heavy at module level.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -135,3 +137,23 @@ def _qwen_token_ids(tokenizer) -> dict:
         "vision_start_token_id": ids("<|vision_start|>"),
         "vision_end_token_id": ids("<|vision_end|>"),
     }
+
+
+def save_qwen(directory: Path, model, tokenizer, processor_class, image_processor, chat_template: str) -> None:
+    """Save a tiny Qwen-family model with greedy generation defaults, and its processor (registered so that
+    `AutoProcessor` finds the torchvision-free one)."""
+    from transformers import GenerationConfig
+
+    from vlmtune_cli.models import qwen_processor
+
+    text = model.config.text_config
+    model.generation_config = GenerationConfig(
+        bos_token_id=text.bos_token_id,
+        eos_token_id=[text.eos_token_id, text.bos_token_id],
+        pad_token_id=text.pad_token_id,
+        do_sample=False,
+    )
+    model.save_pretrained(directory)
+    qwen_processor.register()
+    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
+    processor.save_pretrained(directory)

@@ -18,7 +18,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlmtune_cli.models.builtin_parts import SPECIAL_TOKENS, _build_tokenizer, _qwen_text_config, _qwen_token_ids
+from vlmtune_cli.models.builtin_parts import (
+    SPECIAL_TOKENS,
+    _build_tokenizer,
+    _qwen_text_config,
+    _qwen_token_ids,
+    save_qwen,
+)
 
 # Qwen3-VL-Instruct's template, minus videos, tools and `add_vision_id`: unlike Qwen2-VL's it writes no system
 # turn unless the conversation has one.
@@ -85,24 +91,6 @@ def image_processor():
     )
 
 
-def _save(directory: Path, model, tokenizer, processor_class, chat_template: str) -> None:
-    from transformers import GenerationConfig
-
-    from vlmtune_cli.models import qwen_processor
-
-    text = model.config.text_config
-    model.generation_config = GenerationConfig(
-        bos_token_id=text.bos_token_id,
-        eos_token_id=[text.eos_token_id, text.bos_token_id],
-        pad_token_id=text.pad_token_id,
-        do_sample=False,
-    )
-    model.save_pretrained(directory)
-    qwen_processor.register()
-    processor = processor_class(image_processor=image_processor(), tokenizer=tokenizer, chat_template=chat_template)
-    processor.save_pretrained(directory)
-
-
 def write_tiny_qwen3_vl(directory: Path, seed: int) -> None:
     import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
@@ -118,7 +106,8 @@ def write_tiny_qwen3_vl(directory: Path, seed: int) -> None:
     )
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration(config).eval()
-    _save(directory, model, tokenizer, qwen_processor.Qwen3VLImageOnlyProcessor, QWEN3_VL_CHAT_TEMPLATE)
+    processor_class = qwen_processor.Qwen3VLImageOnlyProcessor
+    save_qwen(directory, model, tokenizer, processor_class, image_processor(), QWEN3_VL_CHAT_TEMPLATE)
 
 
 # --- Qwen3.5 ------------------------------------------------------------------------------------------------
@@ -180,4 +169,5 @@ def write_tiny_qwen3_5(directory: Path, seed: int) -> None:
     )
     torch.manual_seed(seed)
     model = Qwen3_5ForConditionalGeneration(config).eval()
-    _save(directory, model, tokenizer, qwen_processor.Qwen3VLImageOnlyProcessor, QWEN3_5_CHAT_TEMPLATE)
+    processor_class = qwen_processor.Qwen3VLImageOnlyProcessor
+    save_qwen(directory, model, tokenizer, processor_class, image_processor(), QWEN3_5_CHAT_TEMPLATE)
