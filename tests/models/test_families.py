@@ -290,9 +290,10 @@ def test_every_family_trains_every_variant(workspace: Path, built: Path, family:
     if variant == "v2":  # a smoke benchmark per family: scores may be 0, the files and the parser must work
         bench = runner.invoke(app, ["benchmark", str(run), "--limit", "2", "--batch-size", "2", "--json"])
         assert bench.exit_code == 0, bench.output + repr(bench.exception)
-        metrics = json.loads((run / "metrics.json").read_text())
+        # A limited benchmark writes its own files, next to the full run's.
+        metrics = json.loads((run / "metrics-limit-2.json").read_text())
         assert metrics["family"] == family and metrics["box_format"] == fam.box_format
-        predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+        predictions = [json.loads(line) for line in (run / "predictions-limit-2.jsonl").read_text().splitlines()]
         assert len(predictions) == 2 and all("parsed" in p for p in predictions)
 
 

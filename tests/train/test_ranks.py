@@ -31,6 +31,8 @@ FEW_STEPS = [
     "training.logging_steps=1",
     "training.eval_steps=100",
 ]
+# A chain plans in epochs and refuses a step budget.
+CHAIN_FEW_STEPS = [item for item in FEW_STEPS if not item.startswith("training.max_steps")]
 INJECT = Path(__file__).with_name("inject_faults.py")
 
 
@@ -167,7 +169,7 @@ def finished_run(runs: Path, *overrides: str, chain: bool = False) -> Path:
     from vlmtune_cli.config.recipe import load_recipe
     from vlmtune_cli.runs import mark_complete, prepare_run_dir, run_dir_for
 
-    recipe = load_recipe(RECIPES / "smoke.toml", [*FEW_STEPS, *overrides], environ={})
+    recipe = load_recipe(RECIPES / "smoke.toml", [*(CHAIN_FEW_STEPS if chain else FEW_STEPS), *overrides], environ={})
     if chain:
         recipe = plan(recipe, None)
     run = run_dir_for(recipe, runs)
@@ -231,7 +233,7 @@ def test_the_checkpoint_to_resume_is_rank_0s_choice(
 def test_a_chain_link_only_rank_0_sees_trained_is_done_on_every_rank(tmp_path: Path, cache_dir: Path) -> None:
     finished_run(tmp_path / "rank0", "chain.benchmark_at_end=false", chain=True)
     args = ["-m", "vlmtune_cli", "chain", "run", str(RECIPES / "smoke.toml")]
-    for item in (*FEW_STEPS, "chain.benchmark_at_end=false"):
+    for item in (*CHAIN_FEW_STEPS, "chain.benchmark_at_end=false"):
         args += ["--set", item]
     ranks = launch(args, tmp_path / "rank0", cache_dir, rank_env={1: {"VLMTUNE_RUNS_DIR": str(tmp_path / "rank1")}})
     for number, rank in enumerate(ranks):
