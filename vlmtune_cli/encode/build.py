@@ -255,12 +255,28 @@ def _run(tasks: list[tuple], total: int, workers: int, progress: bool) -> list[t
         context = multiprocessing.get_context("fork")
         _JOB.counter = context.Value("q", 0)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no warning about a fork after tokenising
-        with context.Pool(workers) as pool:
+        pool = context.Pool(workers, initializer=_worker_signals)
+        try:
             pending = pool.map_async(_run_shard, tasks, chunksize=1)
             while not pending.ready():
                 pending.wait(0.2)
                 bar.update(task, completed=_JOB.counter.value)
-            return pending.get()
+            results = pending.get()
+            pool.close()  # the workers exit on their own once the queue is drained
+            return results
+        finally:
+            pool.terminate()
+            pool.join()
+
+
+def _worker_signals() -> None:
+    """A forked worker must die on the SIGTERM `Pool.terminate` sends: it inherits the parent's Python handlers, and
+    `vlmtune train`'s SIGTERM handler (checkpoint, then stop) only sets a flag, which left the pool waiting for
+    ever. Ctrl-C is the parent's to handle."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_shard(task: tuple) -> tuple[str, str, int, SplitReport]:
