@@ -578,3 +578,21 @@ def test_train_reads_the_cache(workspace: Path, cache_dir: Path, capsys: pytest.
     assert isinstance(train, datasets.Dataset) and isinstance(test, datasets.Dataset)
     assert len(train) == built["counts"]["train"]["samples"] and len(test) == built["counts"]["test"]["samples"]
     assert {"input_ids", "labels", "pixel_values", "image_grid_thw"} <= set(train[0])
+
+
+def test_tokenize_workers_die_on_sigterm_whatever_the_parent_handles() -> None:
+    """`vlmtune train` turns SIGTERM into "checkpoint, then stop". Forked tokenize workers inherited that handler, so a
+    worker stuck at the end of a build ignored the SIGTERM with which `Pool.terminate` ends it, and the build never
+    returned (seen in CI). The pool's initializer gives them the default handlers back."""
+    import multiprocessing
+    import signal
+
+    from vlmtune_cli.encode import build
+
+    previous = signal.signal(signal.SIGTERM, lambda *a: None)
+    try:
+        with multiprocessing.get_context("fork").Pool(2, initializer=build._worker_signals) as pool:
+            handlers = pool.map(signal.getsignal, [signal.SIGTERM, signal.SIGINT])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert handlers == [signal.SIG_DFL, signal.SIG_IGN]
