@@ -324,3 +324,32 @@ def test_two_task_job_trains_with_ddp_into_one_checkpoint(workspace: Path) -> No
     checkpoints = sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-3"] and (run / "checkpoints" / "checkpoint-3" / "COMPLETE").is_file()
     assert (run / "final" / "COMPLETE").is_file() and not (run / "final.partial").exists()
+
+
+# --- 5. FSDP: two tasks per link, sharded checkpoints between links ----------------------------------
+
+
+@pytest.mark.slurm
+@requires_slurm
+def test_two_link_fsdp_chain_of_two_tasks_equals_the_uninterrupted_fsdp_run(workspace: Path, cache_dir: Path) -> None:
+    """Link 2 resumes link 1's sharded checkpoint (each rank its own shard, its own RNG state) and ends with the
+    final/ weights of one uninterrupted 2-rank FSDP run planned for the same 2 epochs, bitwise."""
+    from ..train.test_ranks import launch
+
+    fsdp = ["training.strategy=fsdp", "slurm.extra.ntasks_per_node=2", "slurm.cpus_per_task=1"]
+    reference_runs = workspace / "reference"
+    args = ["-m", "vlmtune_cli", "train", str(RECIPES / "smoke.toml"), *sets(*fsdp, "training.epochs=2")]
+    for number, rank in enumerate(launch(args, reference_runs, cache_dir)):
+        assert rank.returncode == 0, f"reference rank {number}: exit {rank.returncode}\n{rank.stderr[-3000:]}"
+    result = runner.invoke(app, ["submit", str(RECIPES / "smoke.toml"), "--chain", "2", *sets(*fsdp), "--json"])
+    assert result.exit_code == 0, result.output
+    run = workspace / "runs" / "smoke"
+    state = wait_finished(run, timeout=300)
+    assert [link["state"] for link in state["links"]] == ["COMPLETED"] * 2
+    records = [json.loads((run / "chain-links" / f"link-{k}.json").read_text()) for k in (1, 2)]
+    assert [r["world_size"] for r in records] == [2, 2]
+    assert [(r["epoch_start"], r["epoch_end"]) for r in records] == [(0, 1), (1, 2)]
+    between = run / "checkpoints" / "checkpoint-3"  # link 1's last: 19 samples at 2 ranks × batch 4, 3 steps
+    assert sorted(p.name for p in (between / "pytorch_model_fsdp_0").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert (between / "COMPLETE").is_file() and not (between / "model.safetensors").exists()
+    assert_bitwise_equal(final_weights(run), final_weights(reference_runs / "smoke"))

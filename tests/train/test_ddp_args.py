@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from vlmtune_cli.config.recipe import load_recipe
+from vlmtune_cli.models.families import family_for_model_type
 from vlmtune_cli.runs import RunDir
 from vlmtune_cli.train.sft_config import build_sft_config
 
@@ -34,7 +35,7 @@ def test_find_unused_parameters_per_tuning(model_type: str, tmp_path: Path) -> N
             [f"tuning.vision={vision}", f"tuning.projector={projector}", f"tuning.llm={llm}"],
             environ={},
         )
-        args = build_sft_config(recipe, RunDir(tmp_path), has_eval=False, model_type=model_type)
+        args = build_sft_config(recipe, RunDir(tmp_path), has_eval=False, family=family_for_model_type(model_type))
         seen[(vision, projector, llm)] = args.ddp_find_unused_parameters
         assert args.ddp_find_unused_parameters is expected(vision, projector, llm, model_type), (vision, projector, llm)
     off = sorted(k for k, v in seen.items() if not v)

@@ -141,6 +141,23 @@ class LoraSection(StrictModel):
     `all-linear`: every linear layer of those components."""
 
 
+class FsdpSection(StrictModel):
+    """Knobs of `training.strategy = "fsdp"`. What is sharded is not one of them: each family's decoder layers,
+    vision blocks and cross-attention layers (models/families.py `fsdp_blocks`), then the rest as one unit."""
+
+    reshard_after_forward: bool = True
+    """Free each layer's gathered weights after its forward pass and gather them again for the backward pass
+    (FSDP2's default, ZeRO-3-like: least memory). `false` keeps them gathered from forward to backward: one
+    all-gather less per layer and step, for the memory of the whole unsharded model in the gathered dtype."""
+    cpu_offload: bool = False
+    """Keep the sharded parameters, gradients and optimizer state in CPU memory (FSDP2's CPUOffloadPolicy): the GPU
+    then holds only the layers being computed, and the optimizer step runs on the CPU (much slower). Needs CUDA."""
+    activation_checkpointing: bool = False
+    """Recompute each sharded layer's activations in the backward pass instead of keeping them (FSDP's own
+    checkpoint wrapper around the same layers). Use this, not `training.gradient_checkpointing`, under FSDP: the
+    two together are refused."""
+
+
 class TrainingSection(StrictModel):
     epochs: int = Field(3, ge=1)
     """Epochs of the whole run. A chain plans `chain.total_jobs * chain.epochs_per_job` epochs instead."""
@@ -200,8 +217,38 @@ class TrainingSection(StrictModel):
     split). Unset: the longest training sample, the fastest on sdpa and no more memory per row than that sample
     alone; longer rows fill a little better, which only flash-attention turns into speed (`vlmtune tokenize` shows
     the rows a length gives)."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """How several ranks (torchrun, a SLURM job's tasks) share the work; a single process ignores it. `ddp`: every
+    rank holds the whole model, its gradients and its optimizer state. `fsdp`: PyTorch's FSDP2 shards all three
+    across the ranks (each holds about 1/N), so models that do not fit one GPU train; the results are DDP's.
+    Checkpoints are then sharded (each rank writes its part); `final/` is ordinary safetensors."""
+    fsdp: FsdpSection = FsdpSection()
+    """Settings of `strategy = "fsdp"`; setting any of them with `strategy = "ddp"` is refused."""
     extra: dict[str, Any] = {}
     """Further `SFTConfig`/`TrainingArguments` keys passed through unchanged (upstream names)."""
+
+    @model_validator(mode="after")
+    def _fsdp_settings_agree(self) -> TrainingSection:
+        # Compared with the defaults, not `model_fields_set`: a run's recipe.toml writes every key out.
+        changed = [key for key, field in FsdpSection.model_fields.items() if getattr(self.fsdp, key) != field.default]
+        if self.strategy != "fsdp" and changed:
+            raise ValueError(
+                f"training.fsdp.{changed[0]} is set but training.strategy = {self.strategy!r}: FSDP settings apply only "
+                'to sharded training; set training.strategy = "fsdp", or remove the [training.fsdp] settings'
+            )
+        if self.fsdp.activation_checkpointing and self.gradient_checkpointing:
+            raise ValueError(
+                "training.fsdp.activation_checkpointing and training.gradient_checkpointing both recompute "
+                "activations; under FSDP keep training.fsdp.activation_checkpointing = true and set "
+                "training.gradient_checkpointing = false"
+            )
+        passed = sorted(key for key in self.extra if key in ("fsdp", "fsdp_config", "deepspeed"))
+        if passed:
+            raise ValueError(
+                f"training.extra.{passed[0]}: vlmtune sets up distributed training itself; "
+                'use training.strategy = "fsdp" and [training.fsdp] instead'
+            )
+        return self
 
     @model_validator(mode="after")
     def _packing_alone(self) -> TrainingSection:
@@ -308,6 +355,12 @@ class Recipe(StrictModel):
             raise ValueError(
                 f"model.quantization = {self.model.quantization!r} cannot train tuning.{full[0]} = 'full': quantised "
                 'weights do not train; set model.quantization = "none", or that component to "lora" or "frozen"'
+            )
+        if self.model.quantization != "none" and self.training.strategy == "fsdp":
+            raise ValueError(
+                f"model.quantization = {self.model.quantization!r} with training.strategy = 'fsdp': vlmtune does not "
+                "shard bitsandbytes-quantised weights (FSDP2 needs them stored in a float dtype, which vlmtune does "
+                'not set up); use training.strategy = "ddp" for QLoRA, or model.quantization = "none" to shard'
             )
         if self.model.dtype in ("bfloat16", "float16") and self.training.precision == "fp32":
             raise ValueError(

@@ -52,6 +52,11 @@ class Family:
     packs: bool = False
     """`training.packing` works: each sample's positions come from the model's own `get_rope_index`, and with
     `position_ids` of shape [4, B, L] and no attention mask transformers builds a block-diagonal mask."""
+    fsdp_blocks: tuple[str, ...] = ()
+    """Module classes `training.strategy = "fsdp"` shards one by one (FSDP2 `fully_shard` units): the decoder layers,
+    the vision blocks and any cross-attention layers. Each unit's weights are gathered just before it runs and freed
+    after, so the largest one bounds the extra memory; whatever lies outside them (embeddings, head, projector) is
+    sharded as one root unit."""
 
     def prefixes(self, component: Component) -> tuple[str, ...]:
         return {
@@ -74,6 +79,7 @@ _QWEN2_VL = Family(
     box_format="qwen2-vl-grid",  # <|box_start|>(x1,y1),(x2,y2)<|box_end|> on a 0-1000 grid
     image_only_processor="vlmtune_cli.models.qwen_processor:Qwen2VLImageOnlyProcessor",
     packs=True,
+    fsdp_blocks=("Qwen2VLDecoderLayer", "Qwen2VLVisionBlock"),
 )
 
 FAMILIES: tuple[Family, ...] = (
@@ -85,6 +91,7 @@ FAMILIES: tuple[Family, ...] = (
         model_types=("qwen2_5_vl",),
         box_format="qwen2.5-vl-json",  # {"bbox_2d": [x1, y1, x2, y2]} in pixels of the resized image
         image_only_processor="vlmtune_cli.models.qwen_processor:Qwen2_5_VLImageOnlyProcessor",
+        fsdp_blocks=("Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"),
     ),
     Family(
         name="mllama",
@@ -98,6 +105,7 @@ FAMILIES: tuple[Family, ...] = (
         assistant_header="<|start_header_id|>assistant<|end_header_id|>\n\n",
         end_of_turn="<|eot_id|>",
         box_format="plain",  # no native box syntax: [x1, y1, x2, y2] in original-image pixels
+        fsdp_blocks=("MllamaSelfAttentionDecoderLayer", "MllamaCrossAttentionDecoderLayer", "MllamaVisionEncoderLayer"),
     ),
     replace(
         _QWEN2_VL,
@@ -110,6 +118,7 @@ FAMILIES: tuple[Family, ...] = (
         projector_prefixes=("model.visual.merger.", "model.visual.deepstack_merger_list."),
         box_format="qwen3-vl-json",  # {"bbox_2d": [x1, y1, x2, y2]} on a 0-1000 grid
         image_only_processor="vlmtune_cli.models.qwen_processor:Qwen3VLImageOnlyProcessor",
+        fsdp_blocks=("Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock"),
     ),
     replace(
         _QWEN2_VL,
@@ -120,6 +129,7 @@ FAMILIES: tuple[Family, ...] = (
         projector_prefixes=("model.visual.merger.",),
         box_format="qwen3-vl-json",  # Qwen3-VL's grounding format, which Qwen3.5 keeps
         image_only_processor="vlmtune_cli.models.qwen_processor:Qwen3VLImageOnlyProcessor",
+        fsdp_blocks=("Qwen3_5DecoderLayer", "Qwen3_5VisionBlock"),
     ),
     Family(
         name="gemma3",
@@ -133,6 +143,7 @@ FAMILIES: tuple[Family, ...] = (
         assistant_header="<start_of_turn>model\n",
         end_of_turn="<end_of_turn>",
         box_format="gemini-json",  # no native box syntax: {"box_2d": [y1, x1, y2, x2]} on a 0-1000 grid
+        fsdp_blocks=("Gemma3DecoderLayer", "SiglipEncoderLayer"),
     ),
 )
 FAMILIES_DOC = "docs/families.md"

@@ -6,19 +6,24 @@ Imports torch and TRL inside the functions only.
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmtune_cli.config.schema import Recipe
 from vlmtune_cli.errors import UsageError
 from vlmtune_cli.models.placement import Precision, auto_precision, training_precision
 from vlmtune_cli.runs import RunDir
 from vlmtune_cli.train.ranks import ddp_find_unused_parameters
+from vlmtune_cli.train.sharding import fsdp_settings
+
+if TYPE_CHECKING:
+    from vlmtune_cli.models.families import Family
 
 
-def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool, model_type: str | None = None) -> Any:
+def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool, family: Family | None = None) -> Any:
     """The seed's `create_training_config`: a recipe → TRL's SFTConfig. Raises UsageError for bad `training.extra`.
 
-    `model_type` (the model's `config.model_type`) decides, with the tuning, DDP's find_unused_parameters (ranks.py).
+    `family` (the model's) decides, with the tuning, DDP's find_unused_parameters (ranks.py), and names the blocks
+    FSDP shards (sharding.py).
     """
     import torch
     from trl import SFTConfig
@@ -64,8 +69,10 @@ def build_sft_config(recipe: Recipe, run: RunDir, *, has_eval: bool, model_type:
         max_length=None,
         # TRL's default (True) walks the autograd graph at every step; only needed where a trainable parameter
         # can miss a backward pass (ranks.ddp_find_unused_parameters says which tunings).
-        ddp_find_unused_parameters=ddp_find_unused_parameters(recipe.tuning, model_type),
+        ddp_find_unused_parameters=ddp_find_unused_parameters(recipe.tuning, family.model_types[0] if family else None),
     )
+    if family is not None:
+        kwargs.update(fsdp_settings(recipe, family))
     known = set(SFTConfig.__dataclass_fields__)
     for key, value in t.extra.items():
         if key not in known:

@@ -16,7 +16,10 @@ What it changes, each for a reason:
 - `compute_loss` counts a packed batch's real tokens for TRL's `num_tokens` log (see encode/packing.py).
 - `per_step_walks=False` (the default) takes the module walks Trainer makes at every step once (step_overhead.py);
   the results are the same bit for bit, the step is faster. `True` keeps Trainer's own per-step walks (the
-  benchmark and a test compare both).
+  benchmark and a test compare both). Under FSDP the walks stay: `fully_shard` replaces every parameter with a
+  sharded one when the model is prepared, after this trainer is built, so a list taken now would clear stale
+  gradients while the real ones accumulated.
+- FSDP (`training.strategy = "fsdp"`) runs without CUDA too, and reduces gradients in float32 (sharding.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from transformers import Trainer
 from trl import SFTTrainer
 
 from vlmtune_cli.encode.packing import REAL_TOKENS, ROW_COLUMN
@@ -50,8 +54,14 @@ class VlmtuneTrainer(SFTTrainer):
         self._flop_parameters: int | None = None
         self._trainable: list[Any] | None = None
         self._window_losses: list[Any] = []  # this rank's micro-batch losses since the last optimizer step
-        if not per_step_walks:
+        if not per_step_walks and not self.is_fsdp_enabled:
             without_per_step_module_walks(self.model)
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        from vlmtune_cli.train.sharding import turn_on_without_cuda
+
+        turn_on_without_cuda(self)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """TRL's card in checkpoints/ says "a fine-tuned version of [None]": final/ gets a true one instead."""
@@ -64,15 +74,22 @@ class VlmtuneTrainer(SFTTrainer):
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         real = inputs.pop(REAL_TOKENS, None)
-        if real is None:
-            return super().compute_loss(model, inputs, *args, **kwargs)
-        # Written against TRL 1.16's SFTTrainer.compute_loss: without an attention mask it counts
-        # `position_ids.size(1)` tokens, which for packed [4, B, L] positions is B; count the real ones instead.
-        # use_cache=False is what makes transformers read the sample boundaries from position_ids (with a cache it
-        # silently skips them and samples attend to each other); TRL sets it too, this does not rely on it.
-        inputs["use_cache"] = False
-        result = super().compute_loss(model, inputs, *args, **kwargs)
-        if model.training:
+        if real is not None:
+            # use_cache=False is what makes transformers read the sample boundaries from position_ids (with a cache
+            # it silently skips them and samples attend to each other); TRL sets it too, this does not rely on it.
+            inputs["use_cache"] = False
+        if self.is_fsdp_enabled:
+            # Written against TRL 1.16: its SFTTrainer.compute_loss projects through a "fused LM head" that reads
+            # `lm_head.weight` as a sharded DTensor and gathers it with `full_tensor()`, whose backward keeps each
+            # rank's own head gradient instead of averaging it over the ranks: the head then trains on one rank's
+            # batch (a 19% relative gradient error on the tiny Qwen2-VL). The model's own loss (Trainer's, the same
+            # token-summed cross-entropy over `num_items_in_batch`) keeps the head inside FSDP's reduction.
+            result = Trainer.compute_loss(self, model, inputs, *args, **kwargs)
+        else:
+            result = super().compute_loss(model, inputs, *args, **kwargs)
+        if real is not None and model.training:
+            # Written against TRL 1.16's SFTTrainer.compute_loss: without an attention mask it counts
+            # `position_ids.size(1)` tokens, which for packed [4, B, L] positions is B; count the real ones instead.
             import torch
 
             rows = torch.tensor(inputs["position_ids"].size(1), device=real.device)

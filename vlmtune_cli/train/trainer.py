@@ -31,6 +31,7 @@ from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for
 from vlmtune_cli.train.ranks import from_rank_zero, init_from_env
 from vlmtune_cli.train.run_lock import run_dir_lock
 from vlmtune_cli.train.sft_config import build_sft_config, precision_for
+from vlmtune_cli.train.sharding import shards
 
 if TYPE_CHECKING:
     from vlmtune_cli.models.families import Family
@@ -109,7 +110,10 @@ def _train_locked(
     model = loading.load_model(recipe.model, settings.cache_dir, dtype=dtype, on_gpu=True)
     model = apply_tuning(model, recipe.tuning, recipe.lora, seed=recipe.training.seed)
     _print_trainable(trainable_table(model, family))
-    if checkpoint is not None and not recipe.uses_lora:
+    # A full fine-tune's weights are restored here (restore.py says why); a sharded checkpoint (FSDP) holds no
+    # safetensors: Trainer loads it, each rank its own shard, once the model is sharded.
+    restore_here = checkpoint is not None and not recipe.uses_lora and not shards(recipe)
+    if restore_here:
         from vlmtune_cli.models.restore import restore_full_weights
 
         restore_full_weights(model, checkpoint)
@@ -119,7 +123,7 @@ def _train_locked(
     trainer = build_trainer(
         recipe, run, model, processor, train_set, eval_set, stop_at_epoch=stop_at_epoch, per_step_walks=per_step_walks
     )
-    if checkpoint is not None and not recipe.uses_lora:
+    if restore_here:
         # The weights are restored already; the trainer's own attempt would only log every key as missing.
         trainer._load_from_checkpoint = lambda *args, **kwargs: None
     if checkpoint is not None and is_rank_zero():
@@ -163,9 +167,7 @@ def _train_locked(
 
     # A chain link (stop_at_epoch) or a run stopped by a signal (stop_requested) is finished only at max_steps.
     finished = (stop_at_epoch is None and not stop_requested()) or state.global_step >= state.max_steps
-    final_dir = None
-    if finished and trainer.is_world_process_zero():  # one writer of final/ under DDP
-        final_dir = _save_final(trainer, processor, run, recipe)
+    final_dir = _save_final(trainer, processor, run, recipe) if finished else None
     result = TrainResult(
         run.path,
         final_dir,
@@ -268,9 +270,7 @@ def build_trainer(
     from vlmtune_cli.train.callbacks import MarkCheckpointComplete, QuietLogLines, StopAtEpoch, StopOnRequest
     from vlmtune_cli.train.sft_trainer import VlmtuneTrainer
 
-    args = build_sft_config(
-        recipe, run, has_eval=eval_set is not None, model_type=getattr(model.config, "model_type", None)
-    )
+    args = build_sft_config(recipe, run, has_eval=eval_set is not None, family=family_of(model))
     # Trainer deletes old checkpoints (save_total_limit) inside its save, before `on_save` marks the new one
     # complete: a kill in between, with save_total_limit = 1, would leave no complete checkpoint at all. So Trainer
     # keeps them all and MarkCheckpointComplete rotates right after marking.
@@ -313,14 +313,21 @@ def _disk_is_full(run: RunDir) -> bool:
     return free < max(needed, 1 << 20)
 
 
-def _save_final(trainer: VlmtuneTrainer, processor: Any, run: RunDir, recipe: Recipe) -> Path:
-    """Save the adapter (or model), processor and model card; a kill mid-save leaves no `final/` that looks complete."""
-    from vlmtune_cli.train.model_card import model_card
+def _save_final(trainer: VlmtuneTrainer, processor: Any, run: RunDir, recipe: Recipe) -> Path | None:
+    """Save the adapter (or model), processor and model card; a kill mid-save leaves no `final/` that looks complete.
 
+    Called on every rank: under FSDP all of them gather the weights; rank 0 alone writes (None on the others).
+    """
+    from vlmtune_cli.train.model_card import model_card
+    from vlmtune_cli.train.sharding import full_state_dict
+
+    gathered = full_state_dict(trainer)
+    if not trainer.is_world_process_zero():
+        return None
     staging = run.path / "final.partial"
     shutil.rmtree(staging, ignore_errors=True)
     # Trainer types its model as an optional nn.Module, whose __getattr__ pyright reads as a Tensor.
-    trainer.model.save_pretrained(staging)  # pyright: ignore[reportCallIssue, reportOptionalMemberAccess]
+    trainer.model.save_pretrained(staging, state_dict=gathered)  # pyright: ignore[reportCallIssue, reportOptionalMemberAccess]
     processor.save_pretrained(staging)
     state = trainer.state
     card = model_card(recipe, global_step=state.global_step, epoch=state.epoch or 0.0, log_history=state.log_history)

@@ -1,0 +1,161 @@
+"""`training.strategy = "fsdp"` over 2 gloo processes: the same weights as one process and as DDP, sharded
+checkpoints that resume exactly, `final/` as ordinary safetensors.
+
+Every run of the matrix trains the same 8 samples in 3 optimizer steps of all 8 (one process: batch 1 × 8
+accumulated; two ranks: batch 1 × 4 each), so the three set-ups see the same samples in every step whatever order
+their samplers draw them in. If any set-up failed to clear its gradients after a step, its second and third updates
+would differ from the others' and the comparison would fail (FSDP replaces every parameter when it shards the model:
+a list of them taken before would clear stale gradients, see sft_trainer.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ..conftest import RECIPES
+from .test_ranks import launch, one_line
+
+pytestmark = pytest.mark.slow
+
+SAMPLES = 8  # the train split of 10 samples at split_ratio 0.8
+SETTINGS = [
+    "data.num_samples=10",
+    "data.max_samples=10",
+    "training.max_steps=3",
+    "training.save_steps=1",
+    "training.save_total_limit=50",
+    "training.logging_steps=1",
+    "training.eval_steps=100",
+    "training.batch_size=1",
+]
+TUNINGS = {
+    "lora": [],  # the smoke recipes' own: LoRA on vision, projector and language model
+    "full": ["tuning.vision=full", "tuning.projector=full", "tuning.llm=full"],
+}
+RECIPE_FILES = {"qwen2-vl": "smoke.toml", "mllama": "smoke-mllama.toml"}
+RELATIVE = 1e-5
+# A key projection's bias adds the same amount to every attention score of a query, which softmax cancels: its
+# gradient is zero up to rounding, and AdamW turns that rounding noise into lr-sized steps that differ from set-up to
+# set-up (1e-4 relative here between one process and two ranks). Nothing about sharding can be read off them.
+ZERO_GRADIENT = re.compile(r"\.k_proj\.bias$")
+
+
+def train_args(recipe: str, tuning: str, nproc: int, strategy: str) -> list[str]:
+    items = [*SETTINGS, *TUNINGS[tuning], f"training.grad_accum={SAMPLES // nproc}", f"training.strategy={strategy}"]
+    return ["-m", "vlmtune_cli", "train", str(RECIPES / RECIPE_FILES[recipe])] + [
+        a for item in items for a in ("--set", item)
+    ]
+
+
+@functools.cache
+def _trained(root: Path, cache: Path, recipe: str, tuning: str, setup: str) -> Path:
+    """The run directory of `recipe` with `tuning` trained by `setup` ("one", "ddp" or "fsdp")."""
+    nproc, strategy = (1, "ddp") if setup == "one" else (2, setup)
+    runs = root / f"{recipe}-{tuning}-{setup}"
+    ranks = launch(train_args(recipe, tuning, nproc, strategy), runs, cache, nproc=nproc)
+    for number, rank in enumerate(ranks):
+        assert rank.returncode == 0, f"{runs} rank {number}: exit {rank.returncode}\n{rank.stderr[-4000:]}"
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
+    root = tmp_path_factory.mktemp("fsdp")
+    return functools.partial(_trained, root, cache_dir)
+
+
+def final_weights(run: Path) -> dict:
+    assert (run / "final" / "COMPLETE").is_file()
+    weights = final_weights_of(run / "final")
+    assert weights, f"no safetensors in {run / 'final'}"
+    return weights
+
+
+def largest_relative_difference(a: dict, b: dict) -> tuple[float, str]:
+    """The largest ‖a − b‖ / ‖b‖ over the tensors both hold (the same names), and which tensor it is."""
+    assert set(a) == set(b), sorted(set(a) ^ set(b))[:5]
+    worst, where = 0.0, ""
+    for name in a:
+        if ZERO_GRADIENT.search(name):
+            continue
+        x, y = a[name].double(), b[name].double()
+        assert x.shape == y.shape, name
+        difference = (x - y).norm().item() / max(y.norm().item(), 1e-12)
+        if difference > worst:
+            worst, where = difference, name
+    return worst, where
+
+
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+@pytest.mark.parametrize("recipe", ["qwen2-vl", "mllama"])
+def test_fsdp_trains_the_weights_of_one_process_and_of_ddp(trained, recipe: str, tuning: str) -> None:
+    fsdp = trained(recipe, tuning, "fsdp")
+    sharded = fsdp / "checkpoints" / "checkpoint-3"
+    assert (sharded / "pytorch_model_fsdp_0" / ".metadata").is_file() and (sharded / "optimizer_0").is_dir()
+    assert sorted(p.name for p in (sharded / "pytorch_model_fsdp_0").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    weights = final_weights(fsdp)
+    for setup in ("one", "ddp"):
+        other = final_weights(trained(recipe, tuning, setup))
+        difference, where = largest_relative_difference(weights, other)
+        print(f"{recipe} {tuning}: FSDP vs {setup}: {difference:.2e} ({where})")
+        assert difference <= RELATIVE, f"FSDP vs {setup}: {where} differs by {difference:.2e} (relative)"
+    summary = json.loads((fsdp / "summary.json").read_text())
+    assert summary["global_step"] == 3 and summary["finished"] is True
+
+
+def test_training_moved_every_weight_far_beyond_the_tolerance(trained, cache_dir: Path) -> None:
+    """The equality above says something only if each weight moved well beyond it: every one of them trains here."""
+    from vlmtune_cli.models.loading import resolve_model_path
+
+    trained_weights = final_weights(trained("qwen2-vl", "full", "fsdp"))
+    original = final_weights_of(Path(resolve_model_path("builtin:tiny-qwen2-vl", cache_dir)))
+    assert set(original) == set(trained_weights)
+    still = [
+        name
+        for name in original
+        if not ZERO_GRADIENT.search(name)
+        and largest_relative_difference({name: original[name]}, {name: trained_weights[name]})[0] < 100 * RELATIVE
+    ]
+    assert not still, f"{len(still)} weights barely moved, e.g. {still[:3]}"
+
+
+def final_weights_of(directory: Path) -> dict:
+    from safetensors.torch import load_file
+
+    weights = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        weights.update(load_file(file))
+    return weights
+
+
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_a_sharded_checkpoint_resumes_to_the_uninterrupted_fsdp_run_bitwise(
+    trained, tmp_path: Path, cache_dir: Path, tuning: str
+) -> None:
+    """A run stopped after its step-2 checkpoint (what a kill leaves: checkpoint-2 complete, nothing after it)
+    resumes from the sharded checkpoint, each rank loading its own shard, optimizer state and RNG state."""
+    uninterrupted = trained("qwen2-vl", tuning, "fsdp")
+    runs = tmp_path / "runs"
+    stopped = runs / uninterrupted.name
+    shutil.copytree(uninterrupted, stopped)
+    for later in ("checkpoints/checkpoint-3", "final", "summary.json"):
+        target = stopped / later
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    ranks = launch(train_args("qwen2-vl", tuning, 2, "fsdp"), runs, cache_dir)
+    for number, rank in enumerate(ranks):
+        assert rank.returncode == 0, f"rank {number}: exit {rank.returncode}\n{rank.stderr[-4000:]}"
+    assert f"resuming from {stopped / 'checkpoints' / 'checkpoint-2'} (step 2" in one_line(ranks[0].stderr)
+    summary = json.loads((stopped / "summary.json").read_text())
+    assert summary["resumed_from"] == str(stopped / "checkpoints" / "checkpoint-2") and summary["global_step"] == 3
+    import torch
+
+    resumed, reference = final_weights(stopped), final_weights(uninterrupted)
+    assert resumed.keys() == reference.keys()
+    assert [name for name in resumed if not torch.equal(resumed[name], reference[name])] == []
