@@ -17,13 +17,13 @@ Memory model, per GPU, training *state only* (weights, gradients, optimizer stat
   `lora.target_modules = "all-linear"`): the frozen weights in bf16, 2 bytes per parameter, plus 16 bytes per
   LoRA parameter; LoRA parameters are r × (in + out) for every nn.Linear of the language model (lm_head excluded,
   as PEFT's "all-linear" leaves the output layer out; Mllama's cross-attention layers are in the language model).
-- FSDP2 over N GPUs divides all of that by N and adds what is gathered unsharded in bf16: two of the largest
-  sharded units (the one running and the one prefetched: 2 × 2 bytes × its parameters), where the units are the
-  decoder layers, vision blocks and cross-attention layers (`BLOCKS`), plus the root unit (everything outside
-  them: embeddings, lm_head, final norm, projector, patch embedding). The root stays gathered from the forward
-  pass to the end of the backward pass (FSDP2 does not reshard the root after forward by default, and lm_head is
-  the first thing the backward pass needs): 2 bytes × its parameters, and for full fine-tuning 2 more for its
-  unsharded bf16 gradient, held until the root's reduce-scatter at the end of the backward pass. With large
+- FSDP2 over N GPUs divides all of that by N and adds what is gathered unsharded in bf16: two of the largest sharded
+  units (the one running and the one prefetched: 2 × 2 bytes × its parameters), where the units are the decoder
+  layers, vision blocks and cross-attention layers (each family's `fsdp_blocks` in models/families.py), plus the root
+  unit (everything outside them: embeddings, lm_head, final norm, projector, patch embedding). The root stays gathered
+  from the forward pass to the end of the backward pass (FSDP2 does not reshard the root after forward by default, and
+  lm_head is the first thing the backward pass needs): 2 bytes × its parameters, and for full fine-tuning 2 more for
+  its unsharded bf16 gradient, held until the root's reduce-scatter at the end of the backward pass. With large
   vocabularies the root is the biggest gathered item: 2.6B parameters (4.8 GiB) for the 72B Qwen models.
   `training.fsdp.reshard_after_forward = false` keeps every unit gathered instead: not modelled.
 - DDP (and one GPU): the same state, unsharded, nothing gathered. DDP's gradient buckets and autocast's bf16
@@ -58,16 +58,6 @@ GATHERED_BYTES = 2  # FSDP2 gathers (and computes gradients) in bf16
 PREFETCHED_UNITS = 2  # the unit running and the next one, all-gathered ahead
 
 Mode = Literal["lora", "full"]
-
-# FSDP2 units vlmtune shards one by one (one `fully_shard` each); everything else is the root unit. The same classes
-# as the `fsdp_blocks` of each family that the FSDP2 work adds to vlmtune_cli/models/families.py.
-BLOCKS: dict[str, tuple[str, ...]] = {
-    "qwen2_vl": ("Qwen2VLDecoderLayer", "Qwen2VLVisionBlock"),
-    "qwen2_5_vl": ("Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"),
-    "qwen3_vl": ("Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock"),
-    "mllama": ("MllamaSelfAttentionDecoderLayer", "MllamaCrossAttentionDecoderLayer", "MllamaVisionEncoderLayer"),
-    "gemma3": ("Gemma3DecoderLayer", "SiglipEncoderLayer"),
-}
 
 
 @dataclass(frozen=True)
@@ -363,7 +353,10 @@ def count(spec: Published) -> Counts:
     by_component = {"vision": 0, "projector": 0, "llm": 0}
     for name, param in model.named_parameters():  # a tied weight is listed once
         by_component[component_of(family, name)] += param.numel()
-    units = [m for m in model.modules() if type(m).__name__ in BLOCKS[spec.model_type]]
+    from vlmtune_cli.models.families import family_for_model_type
+
+    blocks = family_for_model_type(spec.model_type).fsdp_blocks  # the units `training.strategy = "fsdp"` shards
+    units = [m for m in model.modules() if type(m).__name__ in blocks]
     unit_sizes = [sum(p.numel() for p in unit.parameters()) for unit in units]
     total = sum(by_component.values())
     return Counts(

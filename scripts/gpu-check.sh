@@ -146,6 +146,30 @@ if [ "$has_bnb" = 1 ]; then
 else
   skip "train qwen2-vl-qlora" "bitsandbytes does not import"
 fi
+# FSDP over 2 GPUs (NCCL, bf16 compute with float32 gradient reduction), every component full: trains sharded, and
+# its consolidated final/ (ordinary safetensors) benchmarks in one process.
+check_fsdp() {
+  local dir="$VLMTUNE_RUNS_DIR/gpu-fsdp"
+  if run train-fsdp 300 $py -m torch.distributed.run --standalone --nproc_per_node 2 -m vlmtune_cli train \
+    recipes/smoke.toml --set variant=gpu-fsdp "${common[@]}" "${bf16[@]}" --set training.strategy=fsdp \
+    --set tuning.vision=full --set tuning.projector=full --set tuning.llm=full; then
+    line ok "train fsdp-2gpu" "sharded checkpoints: $(ls -d "$dir"/checkpoints/*/pytorch_model_fsdp_0 | wc -l)"
+  else
+    line FAIL "train fsdp-2gpu" "$(tail_of train-fsdp)"
+    return
+  fi
+  if run benchmark-fsdp 240 "${vlmtune[@]}" benchmark "$dir" --limit 4 --batch-size 4 --max-new-tokens 16; then
+    line ok "benchmark fsdp-2gpu" "consolidated final/ loads and generates"
+  else
+    line FAIL "benchmark fsdp-2gpu" "$(tail_of benchmark-fsdp)"
+  fi
+}
+if [ "$($py -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+  labels+=(fsdp)
+  (check_fsdp) >"$log_dir/lines-fsdp.txt" 2>&1 &
+else
+  skip "train fsdp-2gpu" "needs 2 GPUs"
+fi
 wait
 for label in "${labels[@]}"; do
   while IFS= read -r result; do

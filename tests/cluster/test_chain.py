@@ -350,6 +350,9 @@ def test_two_link_fsdp_chain_of_two_tasks_equals_the_uninterrupted_fsdp_run(work
     assert [r["world_size"] for r in records] == [2, 2]
     assert [(r["epoch_start"], r["epoch_end"]) for r in records] == [(0, 1), (1, 2)]
     between = run / "checkpoints" / "checkpoint-3"  # link 1's last: 19 samples at 2 ranks × batch 4, 3 steps
-    assert sorted(p.name for p in (between / "pytorch_model_fsdp_0").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert sorted(p.name for p in (between / "pytorch_model_fsdp_0").glob("*.distcp")) == [
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
     assert (between / "COMPLETE").is_file() and not (between / "model.safetensors").exists()
     assert_bitwise_equal(final_weights(run), final_weights(reference_runs / "smoke"))

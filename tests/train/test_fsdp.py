@@ -99,7 +99,10 @@ def test_fsdp_trains_the_weights_of_one_process_and_of_ddp(trained, recipe: str,
     fsdp = trained(recipe, tuning, "fsdp")
     sharded = fsdp / "checkpoints" / "checkpoint-3"
     assert (sharded / "pytorch_model_fsdp_0" / ".metadata").is_file() and (sharded / "optimizer_0").is_dir()
-    assert sorted(p.name for p in (sharded / "pytorch_model_fsdp_0").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert sorted(p.name for p in (sharded / "pytorch_model_fsdp_0").glob("*.distcp")) == [
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
     weights = final_weights(fsdp)
     for setup in ("one", "ddp"):
         other = final_weights(trained(recipe, tuning, setup))

@@ -39,6 +39,9 @@ def _table(model: type[BaseModel], prefix: str = "", skip: tuple[str, ...] = ())
     for name, field in model.model_fields.items():
         if name in skip:
             continue
+        if isinstance(field.default, BaseModel):  # a nested table, e.g. [training.fsdp]: its keys, dotted
+            rows += _table(type(field.default), prefix=f"{prefix}{name}.")[2:]
+            continue
         description = " ".join((field.description or "").split()).replace("|", "\\|")
         rows.append(f"| `{prefix}{name}` | {_default(field.default)} | {description} |")
     return rows

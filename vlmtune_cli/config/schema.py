@@ -233,8 +233,8 @@ class TrainingSection(StrictModel):
         changed = [key for key, field in FsdpSection.model_fields.items() if getattr(self.fsdp, key) != field.default]
         if self.strategy != "fsdp" and changed:
             raise ValueError(
-                f"training.fsdp.{changed[0]} is set but training.strategy = {self.strategy!r}: FSDP settings apply only "
-                'to sharded training; set training.strategy = "fsdp", or remove the [training.fsdp] settings'
+                f"training.fsdp.{changed[0]} is set but training.strategy = {self.strategy!r}: FSDP settings apply "
+                'only to sharded training; set training.strategy = "fsdp", or remove the [training.fsdp] settings'
             )
         if self.fsdp.activation_checkpointing and self.gradient_checkpointing:
             raise ValueError(

@@ -100,5 +100,7 @@ def full_state_dict(trainer: Any) -> dict[str, Any] | None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     model = trainer.model
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=isinstance(model, PeftModel))
+    options = StateDictOptions(
+        full_state_dict=True, cpu_offload=True, ignore_frozen_params=isinstance(model, PeftModel)
+    )
     return get_model_state_dict(model, options=options)

@@ -113,7 +113,7 @@ def _train_locked(
     # A full fine-tune's weights are restored here (restore.py says why); a sharded checkpoint (FSDP) holds no
     # safetensors: Trainer loads it, each rank its own shard, once the model is sharded.
     restore_here = checkpoint is not None and not recipe.uses_lora and not shards(recipe)
-    if restore_here:
+    if checkpoint is not None and restore_here:
         from vlmtune_cli.models.restore import restore_full_weights
 
         restore_full_weights(model, checkpoint)
