@@ -96,6 +96,15 @@ def test_every_parameter_lies_in_exactly_one_component_and_each_component_has_so
         counts[component_of(found, name)] += param.numel()
     assert all(counts.values()), counts
     assert 150_000 < sum(counts.values()) < 400_000
+    # FSDP's units (training.strategy = "fsdp"): each class is in the model, the units hold no one another, and
+    # together they hold the language model's layers and the vision tower's blocks.
+    units = [m for m in model.modules() if type(m).__name__ in found.fsdp_blocks]
+    assert {type(m).__name__ for m in units} == set(found.fsdp_blocks)
+    inside = [n for unit in units for n, sub in unit.named_modules() if n and type(sub).__name__ in found.fsdp_blocks]
+    assert inside == []
+    in_units = {id(p) for unit in units for p in unit.parameters()}
+    layers = [n for n, p in model.named_parameters() if ".layers." in n or ".blocks." in n]
+    assert layers and all(id(dict(model.named_parameters())[n]) in in_units for n in layers)
 
 
 @pytest.mark.slow

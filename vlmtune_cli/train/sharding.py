@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from vlmtune_cli.console import err_console
+from vlmtune_cli.errors import UsageError
+from vlmtune_cli.fsutil import is_rank_zero
 from vlmtune_cli.train.ranks import world_size
 
 if TYPE_CHECKING:
@@ -30,6 +33,25 @@ if TYPE_CHECKING:
 def shards(recipe: Recipe) -> bool:
     """The run trains under FSDP: `training.strategy = "fsdp"` and more than one rank (one process ignores it)."""
     return recipe.training.strategy == "fsdp" and world_size() > 1
+
+
+def check_sharding(recipe: Recipe) -> None:
+    """Refuse (UsageError) what cannot shard on this machine, before anything is loaded; say when nothing shards."""
+    if recipe.training.strategy != "fsdp":
+        return
+    if world_size() <= 1:
+        if is_rank_zero():
+            err_console.print('training.strategy = "fsdp" in a single process: nothing to shard, training as usual')
+        return
+    if recipe.training.fsdp.cpu_offload:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(
+                "training.fsdp.cpu_offload = true needs CUDA: it moves the sharded state from the GPUs to CPU memory, "
+                "and without a GPU it is in CPU memory already",
+                hint="set training.fsdp.cpu_offload = false on this machine",
+            )
 
 
 def fsdp_settings(recipe: Recipe, family: Family) -> dict[str, Any]:
@@ -71,7 +93,26 @@ def turn_on_without_cuda(trainer: Any) -> None:
         state.distributed_type = DistributedType.FSDP
         PartialState._shared_state["distributed_type"] = DistributedType.FSDP
         trainer.is_fsdp_enabled = True
-    state.fsdp_plugin.mixed_precision_policy = mixed_precision_policy(state.mixed_precision)
+    plugin = state.fsdp_plugin
+    plugin.mixed_precision_policy = mixed_precision_policy(state.mixed_precision)
+    if is_rank_zero():
+        policy = plugin.mixed_precision_policy
+        precision = (
+            f"compute in {_dtype_name(policy.param_dtype)}, gradients reduced in {_dtype_name(policy.reduce_dtype)}"
+            if policy is not None
+            else "compute and gradient reduction in each parameter's dtype"
+        )
+        err_console.print(
+            f"sharding: FSDP2 over {world_size()} ranks, units {', '.join(plugin.transformer_cls_names_to_wrap or [])}"
+            f" and the rest as one; {precision}; reshard after forward: {plugin.reshard_after_forward}; "
+            f"activation checkpointing: {plugin.activation_checkpointing}; sharded checkpoints",
+            highlight=False,
+            markup=False,
+        )
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def mixed_precision_policy(mixed_precision: str) -> Any:

@@ -31,7 +31,7 @@ from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for
 from vlmtune_cli.train.ranks import from_rank_zero, init_from_env
 from vlmtune_cli.train.run_lock import run_dir_lock
 from vlmtune_cli.train.sft_config import build_sft_config, precision_for
-from vlmtune_cli.train.sharding import shards
+from vlmtune_cli.train.sharding import check_sharding, shards
 
 if TYPE_CHECKING:
     from vlmtune_cli.models.families import Family
@@ -69,6 +69,7 @@ def train(
     UsageError when another process is training in the same run directory (see run_lock.py).
     Under torch.distributed, rank 0 alone prepares the run directory and chooses the checkpoint (ranks.py).
     """
+    check_sharding(recipe)  # before the process group: a refusal must not wait for the other ranks
     init_from_env()
     run = run_dir_for(recipe, settings.runs_dir)
     with run_dir_lock(run):
