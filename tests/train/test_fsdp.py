@@ -228,3 +228,24 @@ def test_cpu_offload_without_cuda_is_refused_before_anything_loads(workspace: Pa
     assert result.exit_code == 2, result.output
     assert "training.fsdp.cpu_offload = true needs CUDA" in one_line(result.stderr)
     assert not (workspace / "runs").exists()
+
+
+def test_benchmark_export_and_predict_read_a_consolidated_final_unchanged(trained, workspace: Path) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from vlmtune_cli.cli import app
+
+    runner = CliRunner()
+    lora, full = trained("qwen2-vl", "lora", "fsdp"), trained("qwen2-vl", "full", "fsdp")
+    for run in (lora, full):
+        result = runner.invoke(app, ["benchmark", str(run), "--limit", "2", "--max-new-tokens", "8"])
+        assert result.exit_code == 0, result.output
+        assert list(run.glob("metrics*.json")), "no metrics written"
+    merged = workspace / "merged"
+    result = runner.invoke(app, ["export", str(lora), "--merge", "--out", str(merged)])
+    assert result.exit_code == 0, result.output
+    assert (merged / "config.json").is_file() and list(merged.glob("*.safetensors"))
+    Image.new("RGB", (64, 48), (200, 40, 40)).save(workspace / "probe.png")
+    result = runner.invoke(app, ["predict", str(full), str(workspace / "probe.png"), "--max-new-tokens", "8"])
+    assert result.exit_code == 0, result.output
