@@ -1,6 +1,7 @@
 """FSDP against DDP at world size 2 on this machine's CPU (gloo): state bytes per rank and steps/s, in one run.
 
     python -m benchmarks.bench_fsdp            # from the repository root, ~2 minutes on 2 cores
+    python -m benchmarks.bench_fsdp training.fsdp.reshard_after_forward=false    # FSDP with these recipe keys
 
 Both set-ups train the same recipe (the built-in tiny Qwen2-VL, full fine-tuning of every component, fp32, AdamW)
 as two processes started the way SLURM starts a job's tasks. Inside each rank a probe reads, at the last optimizer
@@ -79,12 +80,13 @@ def _write_state_bytes(model, optimizer) -> None:  # noqa: ANN001
     Path(os.environ["VLMTUNE_BENCH_OUT"] + f".rank{os.environ['RANK']}").write_text(json.dumps(state))
 
 
-def _run(strategy: str, work: Path, cache: Path, round_: int) -> tuple[list[dict], float]:
+def _run(strategy: str, work: Path, cache: Path, round_: int, extra: list[str]) -> tuple[list[dict], float]:
     from tests.train.test_ranks import launch
 
     runs = work / f"{strategy}-{round_}"
     args = [str(Path(__file__).resolve()), "--probe", "train", str(REPO / "recipes" / "smoke.toml")]
-    args += [a for item in (*SETTINGS, f"training.strategy={strategy}") for a in ("--set", item)]
+    items = [*SETTINGS, f"training.strategy={strategy}", *(extra if strategy == "fsdp" else [])]
+    args += [a for item in items for a in ("--set", item)]
     out = work / f"{strategy}-{round_}.json"
     ranks = launch(args, runs, cache, env={"VLMTUNE_BENCH_OUT": str(out)}, timeout=900)
     for number, rank in enumerate(ranks):
@@ -96,7 +98,7 @@ def _run(strategy: str, work: Path, cache: Path, round_: int) -> tuple[list[dict
     return states, speed
 
 
-def main(repeats: int = 2) -> None:
+def main(fsdp_settings: list[str], repeats: int = 2) -> None:
     sys.path.insert(0, str(REPO))
     with tempfile.TemporaryDirectory(prefix="bench-fsdp-") as tmp:
         work = Path(tmp)
@@ -105,11 +107,13 @@ def main(repeats: int = 2) -> None:
         speeds: dict[str, list[float]] = {"ddp": [], "fsdp": []}
         for round_ in range(repeats):
             for strategy in ("ddp", "fsdp"):  # in turns: the load of a shared machine hits both alike
-                states[strategy], speed = _run(strategy, work, cache, round_)
+                states[strategy], speed = _run(strategy, work, cache, round_, fsdp_settings)
                 speeds[strategy].append(speed)
     per_rank = {s: max(sum(rank.values()) for rank in states[s]) for s in states}
     ratio = per_rank["fsdp"] / per_rank["ddp"]
     speed_ratio = statistics.median(speeds["fsdp"]) / statistics.median(speeds["ddp"])
+    if fsdp_settings:
+        print(f"FSDP with {', '.join(fsdp_settings)}\n")
     print("| per rank, world size 2 | DDP | FSDP | FSDP/DDP |\n| --- | ---: | ---: | ---: |")
     for part in ("parameters", "gradients", "optimizer"):
         ddp, fsdp = (max(rank[part] for rank in states[s]) for s in ("ddp", "fsdp"))
@@ -126,4 +130,4 @@ if __name__ == "__main__":
         sys.path.insert(0, str(REPO))
         probe()
     else:
-        main()
+        main(sys.argv[1:])
