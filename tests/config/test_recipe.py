@@ -128,6 +128,20 @@ def test_set_values_are_toml_with_bare_strings(tmp_path: Path) -> None:
         ("[training\n", [], "bad.toml: not valid TOML"),
         ("", ["training.lr"], "--set training.lr: expected KEY=VALUE"),
         ("[training]\nlr = 1.0\n", ["training.lr.x=1"], "training.lr is a value, not a table"),
+        (
+            "[training.fsdp]\ncpu_offload = true\n",
+            [],
+            "training.fsdp.cpu_offload is set but training.strategy = 'ddp': FSDP settings apply only to sharded",
+        ),
+        (
+            '[training]\nstrategy = "fsdp"\ngradient_checkpointing = true\n',
+            ["training.fsdp.activation_checkpointing=true"],
+            "set training.gradient_checkpointing = false",
+        ),
+        ("", ['training.extra.fsdp="full_shard"'], "training.extra.fsdp: vlmtune sets up distributed training itself"),
+        ("", ["training.strategy=fsdp", "model.quantization=4bit"], 'use training.strategy = "ddp" for QLoRA'),
+        ("", ["training.strategy=zero"], "training.strategy: Input should be 'ddp' or 'fsdp'"),
+        ("[training.fsdp]\nshard = 1\n", [], "bad.toml: training.fsdp.shard: unknown key"),
     ],
 )
 def test_bad_recipes_name_file_key_and_fix(tmp_path: Path, text: str, overrides: list[str], expected: str) -> None:

@@ -283,3 +283,20 @@ def test_benchmark_export_and_predict_read_a_consolidated_final_unchanged(traine
     Image.new("RGB", (64, 48), (200, 40, 40)).save(workspace / "probe.png")
     result = runner.invoke(app, ["predict", str(full), str(workspace / "probe.png"), "--max-new-tokens", "8"])
     assert result.exit_code == 0, result.output
+
+
+def test_a_sharded_checkpoint_is_not_resumed_by_a_single_process(trained, tmp_path: Path, cache_dir: Path) -> None:
+    """The same recipe started without its ranks meets a checkpoint it cannot read: exit 2, saying how to resume."""
+    runs = tmp_path / "runs"
+    stopped = runs / trained("qwen2-vl", "full", "fsdp").name
+    shutil.copytree(trained("qwen2-vl", "full", "fsdp"), stopped)
+    for later in ("checkpoints/checkpoint-3", "final", "summary.json"):
+        target = stopped / later
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    (rank,) = launch(train_args("qwen2-vl", "full", 2, "fsdp"), runs, cache_dir, nproc=1)
+    assert rank.returncode == 2, rank.stderr[-3000:]
+    said = one_line(rank.stderr)
+    assert (
+        f"error: {stopped / 'checkpoints' / 'checkpoint-2'} is sharded" in said and "torchrun --nproc_per_node" in said
+    )
+    assert not (stopped / "final").exists() and (stopped / "checkpoints" / "checkpoint-2" / "COMPLETE").is_file()

@@ -29,6 +29,9 @@ class MarkCheckpointComplete(TrainerCallback):
         self.run, self.keep = run, keep
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # Every rank writes part of a checkpoint (its RNG state; under FSDP its weight and optimizer shards), and
+        # Trainer does not wait for the others after writing its own: marked complete only once all have.
+        _wait_for_every_rank()
         if not state.is_world_process_zero:
             return
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -48,6 +51,13 @@ class MarkCheckpointComplete(TrainerCallback):
             if old in kept or old.resolve() == best or int(old.name.split("-")[1]) > newest:
                 continue
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _wait_for_every_rank() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 class StopAtEpoch(TrainerCallback):

@@ -59,9 +59,9 @@ class VlmtuneTrainer(SFTTrainer):
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
-        from vlmtune_cli.train.sharding import turn_on_without_cuda
+        from vlmtune_cli.train.sharding import configure_fsdp
 
-        turn_on_without_cuda(self)
+        configure_fsdp(self)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """TRL's card in checkpoints/ says "a fine-tuned version of [None]": final/ gets a true one instead."""

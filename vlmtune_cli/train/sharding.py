@@ -3,10 +3,10 @@
 Trainer and accelerate already own FSDP2 end to end: wrapping the family's blocks (`fsdp_blocks` in families.py),
 sharded checkpoints written by every rank through torch.distributed.checkpoint (`pytorch_model_fsdp_0/`,
 `optimizer_0/`: save time and memory per rank do not grow with the world size), resuming from them, gradient
-clipping across shards and `no_sync` for gradient accumulation. vlmtune adds three things, here:
+clipping across shards and `no_sync` for gradient accumulation. vlmtune adds four things, here:
 - the settings, from the recipe and the family table (`fsdp_settings`);
 - FSDP without CUDA: accelerate turns its FSDP plugin on only for GPU-like devices and silently trains plain DDP on
-  CPU. `turn_on_without_cuda` switches the same plugin on there, so 2 gloo processes run exactly the code path of
+  CPU. `configure_fsdp` switches the same plugin on there, so 2 gloo processes run exactly the code path of
   a GPU node (our tests and benchmarks, on machines without a GPU);
 - reduction in float32 under bf16/fp16 (`mixed_precision_policy`): accelerate reduces gradients in the half
   dtype; summing N ranks' gradients in bf16 loses what float32 master weights are kept for;
@@ -74,8 +74,11 @@ def fsdp_settings(recipe: Recipe, family: Family) -> dict[str, Any]:
     }
 
 
-def turn_on_without_cuda(trainer: Any) -> None:
-    """Switch accelerate's FSDP plugin on where it left it off (no CUDA: a MULTI_CPU set-up), and reduce in float32.
+def configure_fsdp(trainer: Any) -> None:
+    """Finish accelerate's FSDP set-up for a trainer asked to shard (`fsdp_settings`), and say how the run shards.
+
+    Switches the FSDP plugin on where accelerate left it off (no CUDA: a MULTI_CPU set-up) and sets the mixed
+    precision policy (float32 reduction). Nothing happens for a trainer that does not shard.
 
     Written against accelerate 1.16 (`AcceleratorState.__init__` builds `fsdp_plugin` only for GPU-like distributed
     types) and transformers 5.24 (`Trainer.create_accelerator_and_postprocess` reads `is_fsdp_enabled` off it).

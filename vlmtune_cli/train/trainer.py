@@ -28,7 +28,7 @@ from vlmtune_cli.models.placement import (
     training_load_dtype,
 )
 from vlmtune_cli.runs import RunDir, mark_complete, prepare_run_dir, run_dir_for, write_atomic, write_env
-from vlmtune_cli.train.ranks import from_rank_zero, init_from_env
+from vlmtune_cli.train.ranks import from_rank_zero, init_from_env, world_size
 from vlmtune_cli.train.run_lock import run_dir_lock
 from vlmtune_cli.train.sft_config import build_sft_config, precision_for
 from vlmtune_cli.train.sharding import check_sharding, shards
@@ -207,7 +207,10 @@ def _prepare(run: RunDir, recipe: Recipe, overwrite: bool, require_resume: bool,
     """Rank 0's part: the run directory made ready for `recipe`, `env.json` written; the checkpoint to resume."""
     prepare_run_dir(run, recipe, overwrite=overwrite)
     write_env(run, argv)
-    return _checkpoint_to_resume(run, require_resume)
+    checkpoint = _checkpoint_to_resume(run, require_resume)
+    if checkpoint is not None:
+        _check_checkpoint_layout(checkpoint, sharding=shards(recipe))
+    return checkpoint
 
 
 def _checkpoint_to_resume(run: RunDir, require_resume: bool) -> Path | None:
@@ -217,6 +220,24 @@ def _checkpoint_to_resume(run: RunDir, require_resume: bool) -> Path | None:
     if require_resume and checkpoint is None:
         raise UsageError(f"--resume: {run.path} has no complete checkpoint to resume from")
     return checkpoint
+
+
+def _check_checkpoint_layout(checkpoint: Path, *, sharding: bool) -> None:
+    """Raises UsageError when `checkpoint` was written sharded (FSDP over several ranks) and this run is not, or the
+    other way round: neither can read the other's weights and optimizer state."""
+    sharded = (checkpoint / "pytorch_model_fsdp_0").is_dir()
+    if sharded == sharding:
+        return
+    if sharded:
+        raise UsageError(
+            f'{checkpoint} is sharded (written under training.strategy = "fsdp" by several ranks), '
+            "and this run is a single process",
+            hint="resume it with several ranks (torchrun --nproc_per_node N, or vlmtune submit with one task per GPU)",
+        )
+    raise UsageError(
+        f"{checkpoint} was written by a single process, and this run shards it over {world_size()} ranks (FSDP)",
+        hint="resume it in a single process, or pass --overwrite to start the run over sharded",
+    )
 
 
 def _encoded_splits(recipe: Recipe, processor: Any, family: Family, cache_dir: Path) -> tuple[Any, Any]:
